@@ -1,0 +1,33 @@
+"""FaceAnonyMixer: cancelable face biometrics.
+
+The package root stays free of torch and dlib so that the generated wire types in
+``faceanonymixer.v1`` can be imported by the light client SDK; the model-facing names are
+loaded on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from faceanonymixer._version import __version__
+
+if TYPE_CHECKING:
+    from faceanonymixer.alignment import AlignedFace, FaceAligner
+    from faceanonymixer.recognizers import load_recognizer
+
+__all__ = ["AlignedFace", "FaceAligner", "__version__", "load_recognizer"]
+
+_LAZY = {
+    "FaceAligner": "faceanonymixer.alignment",
+    "AlignedFace": "faceanonymixer.alignment",
+    "load_recognizer": "faceanonymixer.recognizers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'faceanonymixer' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)

@@ -1,0 +1,41 @@
+"""Face recognizers as differentiable PyTorch modules, looked up by name.
+
+A recognizer maps float32 (N, 3, H, W) RGB images in [0, 255] (H, W = its ``input_size``) to
+(N, D) embeddings, with gradients to the input; its ``match_threshold`` is the Euclidean
+distance below which two embeddings are called the same person. Later profiles register
+their own (e.g. ArcFace for ``ffhq``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from faceanonymixer.models.dlib_face_resnet import load_dlib_face_resnet
+
+RecognizerFactory = Callable[[], nn.Module]
+
+_REGISTRY: dict[str, RecognizerFactory] = {"dlib": load_dlib_face_resnet}
+
+
+def register_recognizer(name: str, factory: RecognizerFactory) -> None:
+    """Make ``load_recognizer(name)`` build a recognizer with ``factory``."""
+    _REGISTRY[name] = factory
+
+
+def available_recognizers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_recognizer(name: str = "dlib", *, device: str | torch.device | None = None) -> nn.Module:
+    """Build the named recognizer, frozen and in eval mode, on ``device`` (CUDA when present)."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise KeyError(f"unknown recognizer {name!r}; available: {', '.join(available_recognizers())}")
+    return factory().to(device if device is not None else default_device())
