@@ -37,5 +37,5 @@ def load_recognizer(name: str = "dlib", *, device: str | torch.device | None = N
     """Build the named recognizer, frozen and in eval mode, on ``device`` (CUDA when present)."""
     factory = _REGISTRY.get(name)
     if factory is None:
-        raise KeyError(f"unknown recognizer {name!r}; available: {', '.join(available_recognizers())}")
+        raise ValueError(f"unknown recognizer {name!r}; available: {', '.join(available_recognizers())}")
     return factory().to(device if device is not None else default_device())

@@ -1,0 +1,1 @@
+"""Measurements of recognition and protection (ISO/IEC 24745 properties grow here)."""
