@@ -31,7 +31,9 @@ def images_per_second(run_batch: Callable[[], object], batch: int, seconds: floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     args = parser.parse_args()
@@ -47,10 +49,11 @@ def main() -> None:
         tensor = chips_to_tensor(chips[:batch])
         with torch.inference_mode():
             torch_rate = images_per_second(lambda t=tensor: ours(t), batch, args.seconds)
-        if batch == 1:
-            dlib_rate = images_per_second(lambda: theirs.compute_face_descriptor(chips[0]), 1, args.seconds)
-        else:
-            dlib_rate = images_per_second(lambda: theirs.compute_face_descriptor(chips[:batch]), batch, args.seconds)
+        # dlib takes one chip, or a list of chips for a batch
+        dlib_input = chips[0] if batch == 1 else chips[:batch]
+        dlib_rate = images_per_second(
+            lambda x=dlib_input: theirs.compute_face_descriptor(x), batch, args.seconds
+        )
         print(f"{batch:>5}  {torch_rate:>10.1f} im/s  {dlib_rate:>10.1f} im/s")
 
 

@@ -20,7 +20,9 @@ from faceanonymixer.evaluation.verification import equal_error_rate, match_rates
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", type=Path)
     parser.add_argument("--recognizer", default="dlib")
     parser.add_argument("--max-identities", type=int)

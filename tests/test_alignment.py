@@ -39,7 +39,9 @@ def lfw_photo(faces_root: Path) -> np.ndarray:
     return load_image(list_identity_images(faces_root / "lfw", max_images=1)[0][1])
 
 
-def test_default_chip_is_pixel_identical_to_dlib_get_face_chip(aligner: FaceAligner, photos: list[Path]) -> None:
+def test_default_chip_is_pixel_identical_to_dlib_get_face_chip(
+    aligner: FaceAligner, photos: list[Path]
+) -> None:
     predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
     compared = 0
     for path in photos:
@@ -54,7 +56,9 @@ def test_default_chip_is_pixel_identical_to_dlib_get_face_chip(aligner: FaceAlig
 
 
 # dlib shrinks through an image pyramid (a smoothing filter) for small chips, hence the looser bound
-@pytest.mark.parametrize(("style", "size", "tolerance"), [("dlib", 150, 1.0), ("dlib", 64, 4.0), ("ffhq", 256, 0.5)])
+@pytest.mark.parametrize(
+    ("style", "size", "tolerance"), [("dlib", 150, 1.0), ("dlib", 64, 4.0), ("ffhq", 256, 0.5)]
+)
 def test_transform_maps_the_photo_onto_the_crop(
     aligner: FaceAligner, lfw_photo: np.ndarray, style: str, size: int, tolerance: float
 ) -> None:
@@ -79,8 +83,10 @@ def test_ffhq_crop_levels_and_centres_the_eyes(aligner: FaceAligner, lfw_photo: 
 def test_padding_widens_the_crop(aligner: FaceAligner, lfw_photo: np.ndarray) -> None:
     tight = aligner.align(lfw_photo, size=150, padding=0.0)
     loose = aligner.align(lfw_photo, size=150, padding=0.5)
+
     def scale(face: AlignedFace) -> float:
         return float(np.sqrt(abs(np.linalg.det(face.transform[:, :2]))))
+
     assert scale(tight) / scale(loose) == pytest.approx(2.0, rel=0.02)
 
 
@@ -161,7 +167,9 @@ def test_bad_images_are_typed_errors(aligner: FaceAligner, lfw_photo: np.ndarray
     ("kwargs", "message"),
     [({"size": 8}, "size"), ({"padding": -0.1}, "padding"), ({"style": "mtcnn"}, "style")],
 )
-def test_bad_arguments_are_value_errors(aligner: FaceAligner, lfw_photo: np.ndarray, kwargs: dict[str, object], message: str) -> None:
+def test_bad_arguments_are_value_errors(
+    aligner: FaceAligner, lfw_photo: np.ndarray, kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         aligner.align(lfw_photo, **kwargs)  # type: ignore[arg-type]
 
@@ -183,7 +191,10 @@ def test_pasting_a_new_face_changes_only_the_face_region(aligner: FaceAligner, l
     assert pasted[centre].max() < 5
     corners = _apply_corners(aligned)
     outside = np.ones(lfw_photo.shape[:2], bool)
-    outside[max(0, int(corners[:, 1].min()) - 2) : int(corners[:, 1].max()) + 3, max(0, int(corners[:, 0].min()) - 2) : int(corners[:, 0].max()) + 3] = False
+    outside[
+        max(0, int(corners[:, 1].min()) - 2) : int(corners[:, 1].max()) + 3,
+        max(0, int(corners[:, 0].min()) - 2) : int(corners[:, 0].max()) + 3,
+    ] = False
     np.testing.assert_array_equal(pasted[outside], lfw_photo[outside])
 
 
@@ -195,7 +206,9 @@ def _apply_corners(aligned: AlignedFace) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", EVALUATION_SETS)
-def test_a_face_is_found_in_at_least_97_percent_of_each_set(aligner: FaceAligner, faces_root: Path, name: str) -> None:
+def test_a_face_is_found_in_at_least_97_percent_of_each_set(
+    aligner: FaceAligner, faces_root: Path, name: str
+) -> None:
     items = list_identity_images(faces_root / name)
     assert items, f"no photos in {faces_root / name}"
     failures = []

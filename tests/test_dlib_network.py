@@ -11,7 +11,11 @@ import torch
 from faceanonymixer.datasets import list_identity_images
 from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.errors import ModelFormatError
-from faceanonymixer.models.dlib_face_resnet import default_weights_path, face_resnet_stack, load_dlib_face_resnet
+from faceanonymixer.models.dlib_face_resnet import (
+    default_weights_path,
+    face_resnet_stack,
+    load_dlib_face_resnet,
+)
 from faceanonymixer.models.dlib_format import DlibReader
 from faceanonymixer.models.dlib_network import _add_zero_padded, read_network
 from faceanonymixer.recognizers import available_recognizers, load_recognizer
@@ -154,12 +158,14 @@ def test_gradients_reach_the_input_image(recognizer: torch.nn.Module, real_chips
 
 
 def test_orl_verification_eer(recognizer: torch.nn.Module, faces_root: Path) -> None:
-    """All pairs of the ORL set, Euclidean distance (also: python benchmarks/verification.py ../shared/faces/orl)."""
+    """All pairs of ORL, Euclidean distance (also: python benchmarks/verification.py ../shared/faces/orl)."""
     from faceanonymixer import FaceAligner
     from faceanonymixer.embedding import embed_images
     from faceanonymixer.evaluation.verification import equal_error_rate, pair_distances
 
-    faces = embed_images(list_identity_images(faces_root / "orl"), aligner=FaceAligner(), recognizer=recognizer)
+    faces = embed_images(
+        list_identity_images(faces_root / "orl"), aligner=FaceAligner(), recognizer=recognizer
+    )
     assert len(faces.labels) >= 0.97 * 400
     genuine, impostor = pair_distances(faces.embeddings, faces.labels)
     eer, _ = equal_error_rate(genuine, impostor)

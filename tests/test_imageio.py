@@ -45,7 +45,14 @@ def test_paths_bytes_pil_and_arrays_agree(tmp_path: Path) -> None:
     pixels = _gradient()
     path = tmp_path / "face.png"
     Image.fromarray(pixels).save(path)
-    for source in (path, str(path), path.read_bytes(), bytearray(path.read_bytes()), Image.open(path), pixels):
+    for source in (
+        path,
+        str(path),
+        path.read_bytes(),
+        bytearray(path.read_bytes()),
+        Image.open(path),
+        pixels,
+    ):
         np.testing.assert_array_equal(load_image(source), pixels)
 
 
@@ -57,7 +64,11 @@ def test_bgr_arrays_are_reordered() -> None:
 @pytest.mark.parametrize("mode", ["L", "LA", "I;16", "P", "1"])
 def test_grey_palette_and_deep_modes_become_rgb(mode: str) -> None:
     grey = Image.fromarray(_gradient()[:, :, 0])
-    image = grey.convert(mode) if mode != "I;16" else Image.fromarray(_gradient()[:, :, 0].astype(np.uint16) * 257)
+    image = (
+        grey.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(_gradient()[:, :, 0].astype(np.uint16) * 257)
+    )
     decoded = decode_image_bytes(_encode(image, "PNG"))
     assert decoded.shape == (48, 64, 3)
     assert (decoded[:, :, 0] == decoded[:, :, 1]).all() and (decoded[:, :, 1] == decoded[:, :, 2]).all()
@@ -130,7 +141,10 @@ def test_oversized_file_is_rejected_without_reading_it(tmp_path: Path) -> None:
 
 def test_formats_outside_the_allow_list_are_rejected() -> None:
     with pytest.raises(InvalidImageError, match="not an image in a supported format"):
-        decode_image_bytes(_encode(Image.fromarray(_gradient()), "BMP"), limits=ImageLimits(allowed_formats=frozenset({"PNG"})))
+        decode_image_bytes(
+            _encode(Image.fromarray(_gradient()), "BMP"),
+            limits=ImageLimits(allowed_formats=frozenset({"PNG"})),
+        )
 
 
 def test_missing_file_and_folder_are_invalid_images(tmp_path: Path) -> None:
@@ -142,7 +156,12 @@ def test_missing_file_and_folder_are_invalid_images(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "array",
-    [np.zeros((64, 64, 2), np.uint8), np.zeros((4, 64, 64, 3), np.uint8), np.full((64, 64, 3), np.nan), np.full((64, 64), 300.0)],
+    [
+        np.zeros((64, 64, 2), np.uint8),
+        np.zeros((4, 64, 64, 3), np.uint8),
+        np.full((64, 64, 3), np.nan),
+        np.full((64, 64), 300.0),
+    ],
     ids=["two-channels", "batch", "nan", "out-of-range"],
 )
 def test_bad_arrays_are_rejected(array: np.ndarray) -> None:

@@ -99,7 +99,9 @@ class FaceAligner:
         self.max_upsample = max_upsample
         self.limits = limits
         self._detector = dlib.get_frontal_face_detector()
-        self._five_point = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+        self._five_point = dlib.shape_predictor(
+            face_recognition_models.pose_predictor_five_point_model_location()
+        )
         self._sixty_eight_point: dlib.shape_predictor | None = None
         self._lock = threading.Lock()
 
@@ -197,7 +199,9 @@ class FaceAligner:
             return self._sixty_eight_point
 
 
-def paste_back(photo: ImageInput, aligned: AlignedFace, crop: ImageInput, *, feather: float = 0.1) -> RGBImage:
+def paste_back(
+    photo: ImageInput, aligned: AlignedFace, crop: ImageInput, *, feather: float = 0.1
+) -> RGBImage:
     """Put ``crop`` (e.g. the protected face) back where ``aligned`` was cut from ``photo``.
 
     ``crop`` may have another size than ``aligned.image``; its border is blended over
@@ -205,7 +209,9 @@ def paste_back(photo: ImageInput, aligned: AlignedFace, crop: ImageInput, *, fea
     """
     base = load_image(photo)
     if (base.shape[1], base.shape[0]) != aligned.source_size:
-        raise ValueError(f"photo is {base.shape[1]}x{base.shape[0]}, the alignment was made on {aligned.source_size}")
+        raise ValueError(
+            f"photo is {base.shape[1]}x{base.shape[0]}, the alignment was made on {aligned.source_size}"
+        )
     face = load_image(crop, limits=ImageLimits(min_side=1))
     size = face.shape[0]
     if face.shape[1] != size:
@@ -213,7 +219,9 @@ def paste_back(photo: ImageInput, aligned: AlignedFace, crop: ImageInput, *, fea
     # photo -> crop of this size (the alignment crop may have had another size)
     scale = size / aligned.image.shape[0]
     to_crop = aligned.transform * scale + np.array([[0, 0, (scale - 1) / 2], [0, 0, (scale - 1) / 2]])
-    corners = _apply_affine(_invert_affine(to_crop), np.array([[0, 0], [size, 0], [0, size], [size, size]], float))
+    corners = _apply_affine(
+        _invert_affine(to_crop), np.array([[0, 0], [size, 0], [0, size], [size, size]], float)
+    )
     height, width = base.shape[:2]
     left, top = (max(0, int(np.floor(v)) - 1) for v in corners.min(axis=0))
     right = min(width, int(np.ceil(corners[:, 0].max())) + 2)
@@ -224,7 +232,9 @@ def paste_back(photo: ImageInput, aligned: AlignedFace, crop: ImageInput, *, fea
     window_to_crop = to_crop.copy()
     window_to_crop[:, 2] += to_crop[:, :2] @ np.array([left, top], float)
     pasted = warp_affine(face, window_to_crop, (right - left, bottom - top), border="constant")
-    mask = warp_affine(_feather_mask(size, feather), window_to_crop, (right - left, bottom - top), border="constant")
+    mask = warp_affine(
+        _feather_mask(size, feather), window_to_crop, (right - left, bottom - top), border="constant"
+    )
     alpha = mask.astype(np.float64)[:, :, :1] / 255.0
     region = base[top:bottom, left:right].astype(np.float64)
     blended = alpha * pasted.astype(np.float64) + (1.0 - alpha) * region

@@ -69,7 +69,7 @@ class DemoResult:
             ("different people", self.impostor, summary["impostor_match_rate"]),
         ):
             mean = f"{values.mean():.3f}" if len(values) else "-"
-            table.add_row(name, str(len(values)), mean, f"{rate:.1%}" if len(values) else "-")
+            table.add_row(name, str(len(values)), mean, "-" if rate is None else f"{rate:.1%}")
         console.print(table)
 
 

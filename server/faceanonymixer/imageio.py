@@ -21,7 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from faceanonymixer.errors import InvalidImageError
 
 ColorOrder: TypeAlias = Literal["RGB", "BGR"]
-ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | npt.NDArray[np.generic]
+ImageInput: TypeAlias = (
+    str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | npt.NDArray[np.generic]
+)
 RGBImage: TypeAlias = npt.NDArray[np.uint8]
 
 #: formats we accept from untrusted sources: still photographs that Pillow decodes natively
@@ -100,7 +102,9 @@ def decode_image_bytes(data: bytes, *, limits: ImageLimits = DEFAULT_LIMITS) -> 
             f"not an image in a supported format ({', '.join(sorted(limits.allowed_formats))})"
         ) from error
     except Image.DecompressionBombError as error:
-        raise InvalidImageError(f"refusing to decode the image (decompression-bomb guard): {error}") from error
+        raise InvalidImageError(
+            f"refusing to decode the image (decompression-bomb guard): {error}"
+        ) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         # Pillow reports truncated or corrupt data as OSError / SyntaxError / ValueError.
         raise InvalidImageError(f"the image file is truncated or corrupt: {error}") from error

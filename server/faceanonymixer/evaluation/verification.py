@@ -36,6 +36,15 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, 
     return float(eer), float(-thresholds[index])
 
 
-def match_rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(share of genuine pairs that match, share of impostor pairs that match) at a threshold."""
-    return float(np.mean(genuine < threshold)), float(np.mean(impostor < threshold))
+def match_rates(
+    genuine: np.ndarray, impostor: np.ndarray, threshold: float
+) -> tuple[float | None, float | None]:
+    """(share of genuine pairs that match, share of impostor pairs that match) at a threshold.
+
+    A rate is None when there are no pairs of that kind.
+    """
+    return _share_below(genuine, threshold), _share_below(impostor, threshold)
+
+
+def _share_below(distances: np.ndarray, threshold: float) -> float | None:
+    return float(np.mean(distances < threshold)) if len(distances) else None

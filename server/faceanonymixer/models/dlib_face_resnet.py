@@ -45,15 +45,21 @@ def _ares_down() -> list[LayerSpec]:
     return [relu(), add_prev(2), LayerSpec("avg_pool"), skip(1), tag(2), *_block(), tag(1)]
 
 
+def _level(residual_blocks: int, *, down: bool) -> list[LayerSpec]:
+    """``residual_blocks`` plain residual blocks, then (closer to the input) a downsampling one."""
+    blocks = [layer for _ in range(residual_blocks) for layer in _ares()]
+    return [*blocks, *_ares_down()] if down else blocks
+
+
 def face_resnet_stack() -> list[LayerSpec]:
     """``anet_type`` outermost layer first (loss and input layers excluded)."""
-    levels = (
-        [*_ares_down()]  # alevel0: 256
-        + [*_ares(), *_ares(), *_ares_down()]  # alevel1: 256
-        + [*_ares(), *_ares(), *_ares_down()]  # alevel2: 128
-        + [*_ares(), *_ares(), *_ares(), *_ares_down()]  # alevel3: 64
-        + [*_ares(), *_ares(), *_ares()]  # alevel4: 32
-    )
+    levels = [
+        *_level(0, down=True),  # alevel0: 256
+        *_level(2, down=True),  # alevel1: 256
+        *_level(2, down=True),  # alevel2: 128
+        *_level(3, down=True),  # alevel3: 64
+        *_level(3, down=False),  # alevel4: 32
+    ]
     return [
         LayerSpec("fc"),
         LayerSpec("avg_pool"),  # avg_pool_everything

@@ -83,7 +83,11 @@ def _read_details(reader: DlibReader, spec: LayerSpec) -> LayerRecord:
         for _ in range(4):  # learning-rate and weight-decay multipliers: training only
             reader.read_float()
         weight_count = int(np.prod(filters))
-        if filters[0] != num_filters or filters[2:] != (rows, cols) or params.data.size != weight_count + num_filters:
+        if (
+            filters[0] != num_filters
+            or filters[2:] != (rows, cols)
+            or params.data.size != weight_count + num_filters
+        ):
             raise reader.fail(f"con_ parameters {params.shape} do not fit filters {filters}")
         flat = params.data.reshape(-1)
         return LayerRecord(
@@ -152,7 +156,9 @@ def _read_add_layer_trailer(reader: DlibReader, version: int) -> None:
         reader.read_int()  # sample expansion factor
 
 
-def read_network(data: bytes, stack: list[LayerSpec], *, source: str = "<bytes>") -> tuple[InputSpec, list[LayerRecord]]:
+def read_network(
+    data: bytes, stack: list[LayerSpec], *, source: str = "<bytes>"
+) -> tuple[InputSpec, list[LayerRecord]]:
     """Read a ``loss_metric`` network over ``input_rgb_image_sized``.
 
     ``stack`` lists the layers outermost first, as in the C++ type. Returns the input
@@ -224,7 +230,9 @@ class _Affine(nn.Module):
 
     def __init__(self, record: LayerRecord) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(torch.from_numpy(np.asarray(record.fields["gamma"]).copy()).view(1, -1, 1, 1))
+        self.gamma = nn.Parameter(
+            torch.from_numpy(np.asarray(record.fields["gamma"]).copy()).view(1, -1, 1, 1)
+        )
         self.beta = nn.Parameter(torch.from_numpy(np.asarray(record.fields["beta"]).copy()).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +248,11 @@ class _Pool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.window == (0, 0):  # dlib's avg_pool_everything / max_pool_everything
-            return x.mean(dim=(2, 3), keepdim=True) if self.kind == "avg_pool" else x.amax(dim=(2, 3), keepdim=True)
+            return (
+                x.mean(dim=(2, 3), keepdim=True)
+                if self.kind == "avg_pool"
+                else x.amax(dim=(2, 3), keepdim=True)
+            )
         if self.kind == "max_pool":
             return F.max_pool2d(x, self.window, self.stride)
         return F.avg_pool2d(x, self.window, self.stride)
@@ -271,7 +283,9 @@ class DlibMetricNetwork(nn.Module):
         self.input_size = (input_spec.rows, input_spec.cols)
         #: Euclidean distance below which two embeddings are called the same identity
         self.match_threshold = match_threshold
-        self.register_buffer("mean_rgb", torch.tensor(input_spec.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer(
+            "mean_rgb", torch.tensor(input_spec.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1)
+        )
         self._program: list[tuple[str, int]] = []  # (kind, tag) per layer, bottom first
         self.layers = nn.ModuleList()
         builders = {"con": _Conv, "affine": _Affine, "max_pool": _Pool, "avg_pool": _Pool, "fc": _Linear}
@@ -279,7 +293,9 @@ class DlibMetricNetwork(nn.Module):
             builder = builders.get(record.kind)
             self._program.append((record.kind, int(record.fields.get("tag", 0))))  # type: ignore[call-overload]
             self.layers.append(builder(record) if builder else nn.Identity())
-        self.embedding_dim = int(self.layers[-1].weight.shape[0]) if records and records[-1].kind == "fc" else 0
+        self.embedding_dim = (
+            int(self.layers[-1].weight.shape[0]) if records and records[-1].kind == "fc" else 0
+        )
         self.requires_grad_(False)
         self.eval()
 
