@@ -337,7 +337,7 @@ def _ffhq_transform(landmarks: FloatArray, size: int, padding: float) -> FloatAr
 def _affine_from_points(source: FloatArray, target: FloatArray) -> FloatArray:
     """The affine map sending three source points onto three target points."""
     homogeneous = np.hstack([source, np.ones((3, 1))])
-    return np.linalg.solve(homogeneous, target).T
+    return np.asarray(np.linalg.solve(homogeneous, target).T, dtype=np.float64)
 
 
 def _invert_affine(matrix: FloatArray) -> FloatArray:

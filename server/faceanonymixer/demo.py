@@ -73,6 +73,12 @@ class DemoResult:
         console.print(table)
 
 
+def _threshold(value: float | None) -> float:
+    if value is None:
+        raise ValueError("the demo needs a recognizer with a match threshold")
+    return float(value)
+
+
 def run_alignment_demo(folder: Path, *, max_identities: int = 5, max_images: int = 4) -> DemoResult:
     from faceanonymixer.alignment import FaceAligner
     from faceanonymixer.recognizers import load_recognizer
@@ -92,6 +98,6 @@ def run_alignment_demo(folder: Path, *, max_identities: int = 5, max_images: int
         failures=faces.failures,
         genuine=genuine,
         impostor=impostor,
-        threshold=float(recognizer.match_threshold),
+        threshold=_threshold(recognizer.match_threshold),
         seconds=time.perf_counter() - started,
     )

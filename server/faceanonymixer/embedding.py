@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.models.base import Recognizer
 
 if TYPE_CHECKING:
     from faceanonymixer.alignment import FaceAligner
@@ -46,11 +47,11 @@ def embed_images(
     items: Sequence[tuple[str, Path]],
     *,
     aligner: FaceAligner,
-    recognizer: nn.Module,
+    recognizer: Recognizer,
     batch_size: int = 32,
 ) -> EmbeddedFaces:
     """Align each (label, path) image at the recognizer's input size and embed it."""
-    size = int(getattr(recognizer, "input_size", (150, 150))[0])
+    size = recognizer.input_size[0]
     chips, labels, paths, failures = [], [], [], []
     for label, path in items:
         try:

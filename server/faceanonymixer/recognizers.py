@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
+from faceanonymixer.models.base import Recognizer
 from faceanonymixer.models.dlib_face_resnet import load_dlib_face_resnet
 
-RecognizerFactory = Callable[[], nn.Module]
+__all__ = ["Recognizer", "available_recognizers", "load_recognizer", "register_recognizer"]
+
+RecognizerFactory = Callable[[], Recognizer]
 
 _REGISTRY: dict[str, RecognizerFactory] = {"dlib": load_dlib_face_resnet}
 
@@ -33,7 +35,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_recognizer(name: str = "dlib", *, device: str | torch.device | None = None) -> nn.Module:
+def load_recognizer(name: str = "dlib", *, device: str | torch.device | None = None) -> Recognizer:
     """Build the named recognizer, frozen and in eval mode, on ``device`` (CUDA when present)."""
     factory = _REGISTRY.get(name)
     if factory is None:

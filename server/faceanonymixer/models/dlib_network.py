@@ -21,6 +21,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from faceanonymixer.errors import ModelFormatError
+from faceanonymixer.models.base import Recognizer
 from faceanonymixer.models.dlib_format import DlibReader, LayerRecord
 
 #: wrapper kinds that carry no data in the file
@@ -213,13 +214,19 @@ def _add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pad(a) + pad(b)
 
 
+def _int_pair(value: object) -> tuple[int, int]:
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ModelFormatError(f"expected a (rows, cols) pair, found {value!r}")
+    return int(value[0]), int(value[1])
+
+
 class _Conv(nn.Module):
     def __init__(self, record: LayerRecord) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.from_numpy(np.asarray(record.fields["weight"]).copy()))
         self.bias = nn.Parameter(torch.from_numpy(np.asarray(record.fields["bias"]).copy()))
-        self.stride = tuple(record.fields["stride"])  # type: ignore[arg-type]
-        self.padding = tuple(record.fields["padding"])  # type: ignore[arg-type]
+        self.stride = _int_pair(record.fields["stride"])
+        self.padding = _int_pair(record.fields["padding"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
@@ -243,8 +250,8 @@ class _Pool(nn.Module):
     def __init__(self, record: LayerRecord) -> None:
         super().__init__()
         self.kind = record.kind
-        self.window = tuple(record.fields["window"])  # type: ignore[arg-type]
-        self.stride = tuple(record.fields["stride"])  # type: ignore[arg-type]
+        self.window = _int_pair(record.fields["window"])
+        self.stride = _int_pair(record.fields["stride"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.window == (0, 0):  # dlib's avg_pool_everything / max_pool_everything
@@ -269,12 +276,14 @@ class _Linear(nn.Module):
         return F.linear(x.flatten(1), self.weight, self.bias)
 
 
-class DlibMetricNetwork(nn.Module):
+class DlibMetricNetwork(Recognizer):
     """A dlib ``loss_metric`` network: RGB float images in [0, 255] -> embeddings.
 
     Input: float32 (N, 3, rows, cols), RGB, values in [0, 255] (dlib's own input layer
     subtracts the training mean and divides by 256; that is done here, differentiably).
     """
+
+    mean_rgb: torch.Tensor
 
     def __init__(
         self, input_spec: InputSpec, records: list[LayerRecord], *, match_threshold: float | None = None
@@ -294,7 +303,9 @@ class DlibMetricNetwork(nn.Module):
             self._program.append((record.kind, int(record.fields.get("tag", 0))))  # type: ignore[call-overload]
             self.layers.append(builder(record) if builder else nn.Identity())
         self.embedding_dim = (
-            int(self.layers[-1].weight.shape[0]) if records and records[-1].kind == "fc" else 0
+            int(np.asarray(records[-1].fields["weight"]).shape[0])
+            if records and records[-1].kind == "fc"
+            else 0
         )
         self.requires_grad_(False)
         self.eval()
