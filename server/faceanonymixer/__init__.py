@@ -13,14 +13,15 @@ from faceanonymixer._version import __version__
 
 if TYPE_CHECKING:
     from faceanonymixer.alignment import AlignedFace, FaceAligner
-    from faceanonymixer.recognizers import load_recognizer
+    from faceanonymixer.recognizers import Recognizer, load_recognizer
 
-__all__ = ["AlignedFace", "FaceAligner", "__version__", "load_recognizer"]
+__all__ = ["AlignedFace", "FaceAligner", "Recognizer", "__version__", "load_recognizer"]
 
 _LAZY = {
     "FaceAligner": "faceanonymixer.alignment",
     "AlignedFace": "faceanonymixer.alignment",
     "load_recognizer": "faceanonymixer.recognizers",
+    "Recognizer": "faceanonymixer.recognizers",
 }
 
 

