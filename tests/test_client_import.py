@@ -70,3 +70,29 @@ def test_base_dependencies_are_light() -> None:
             name = name.split(separator)[0]
         name = name.strip().lower().replace("_", "-")
         assert name not in heavy and not name.startswith("opencv"), f"heavy base dependency: {requirement}"
+
+
+def test_engine_names_without_the_engine_say_which_extra_to_install() -> None:
+    probe = textwrap.dedent(
+        """
+        import sys
+
+        class RefuseTorch:
+            def find_spec(self, fullname, path=None, target=None):
+                if fullname.partition(".")[0] in ("torch", "dlib"):
+                    raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+                return None
+
+        sys.meta_path.insert(0, RefuseTorch())
+        try:
+            from faceanonymixer import FaceAligner
+        except ImportError as error:
+            print(error)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "server"))
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'faceanonymixer[server]'" in result.stdout

@@ -25,10 +25,22 @@ _LAZY = {
 }
 
 
+#: top-level modules that only the [server] extra installs
+_ENGINE_DEPENDENCIES = frozenset({"torch", "dlib", "face_recognition_models"})
+
+
 def __getattr__(name: str) -> Any:
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'faceanonymixer' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module_name), name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.partition(".")[0] in _ENGINE_DEPENDENCIES:
+            raise ImportError(
+                f"faceanonymixer.{name} needs the engine: pip install 'faceanonymixer[server]' ({error})"
+            ) from error
+        raise
+    return getattr(module, name)
