@@ -48,7 +48,7 @@ def test_default_chip_is_pixel_identical_to_dlib_get_face_chip(
         pixels = load_image(path)
         aligned = aligner.align(pixels)
         box = aligned.box
-        shape = predictor(pixels, dlib.rectangle(box.left, box.top, box.right, box.bottom))
+        shape = predictor(pixels, dlib.rectangle(box.left, box.top, box.right - 1, box.bottom - 1))
         expected = dlib.get_face_chip(pixels, shape, size=150, padding=0.25)
         np.testing.assert_array_equal(aligned.image, expected, err_msg=str(path))
         compared += 1
@@ -112,6 +112,18 @@ def test_large_photos_are_detected_on_a_reduced_copy(aligner: FaceAligner, lfw_p
     small_face = aligner.align(lfw_photo)
     big_face = aligner.align(big)
     np.testing.assert_allclose(big_face.landmarks / 8.0, small_face.landmarks, atol=3.0)
+
+
+def test_boxes_are_dlib_detections_with_exclusive_edges(aligner: FaceAligner, lfw_photo: np.ndarray) -> None:
+    (rect,) = dlib.get_frontal_face_detector()(lfw_photo, 0)
+    (box,) = aligner.detect(lfw_photo)
+    assert (box.left, box.top, box.right, box.bottom) == (
+        rect.left(),
+        rect.top(),
+        rect.right() + 1,
+        rect.bottom() + 1,
+    )
+    assert box.area == rect.width() * rect.height()
 
 
 def _two_faces(photo: np.ndarray) -> np.ndarray:

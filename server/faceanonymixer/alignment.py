@@ -38,7 +38,10 @@ MAX_UPSAMPLED_PIXELS = 8_000_000
 
 @dataclass(frozen=True)
 class FaceBox:
-    """A detected face in photo coordinates (pixels, inclusive corners as dlib reports them)."""
+    """A detected face in photo pixels; ``right`` and ``bottom`` are exclusive, as in slicing.
+
+    dlib's rectangles are inclusive: ``dlib.rectangle(left, top, right - 1, bottom - 1)``.
+    """
 
     left: int
     top: int
@@ -47,7 +50,7 @@ class FaceBox:
 
     @property
     def area(self) -> int:
-        return max(0, self.right - self.left + 1) * max(0, self.bottom - self.top + 1)
+        return max(0, self.right - self.left) * max(0, self.bottom - self.top)
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class FaceAligner:
 
         pixels = self._load(image, color_order)
         box = self._choose(self._detect(pixels))
-        rect = dlib.rectangle(box.left, box.top, box.right, box.bottom)
+        rect = dlib.rectangle(box.left, box.top, box.right - 1, box.bottom - 1)
         height, width = pixels.shape[:2]
         if style == "dlib":
             shape = self._five_point(pixels, rect)
@@ -176,8 +179,8 @@ class FaceAligner:
             FaceBox(
                 left=round(r.left() / scale),
                 top=round(r.top() / scale),
-                right=round(r.right() / scale),
-                bottom=round(r.bottom() / scale),
+                right=round((r.right() + 1) / scale),
+                bottom=round((r.bottom() + 1) / scale),
             )
             for r in rects
         ]
