@@ -126,6 +126,17 @@ def test_boxes_are_dlib_detections_with_exclusive_edges(aligner: FaceAligner, lf
     assert box.area == rect.width() * rect.height()
 
 
+def test_one_aligner_serves_several_threads(aligner: FaceAligner, photos: list[Path]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = photos[:8] * 3
+    expected = [aligner.align(path).image for path in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda path: aligner.align(path).image, jobs))
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def _two_faces(photo: np.ndarray) -> np.ndarray:
     """The same face twice, the right one at half size."""
     height, width = photo.shape[:2]

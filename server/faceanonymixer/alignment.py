@@ -84,7 +84,8 @@ class FaceAligner:
     when no face was found, so large photos stay fast and small faces are still found.
     ``multiple_faces`` decides what happens when several faces are found: ``"largest"`` keeps
     the largest, ``"error"`` raises :class:`MultipleFacesError`. No face raises
-    :class:`NoFaceError`. Input images are validated with ``limits`` before decoding.
+    :class:`NoFaceError`. Input images are validated with ``limits`` before decoding. One aligner
+    may be shared by several threads.
     """
 
     def __init__(
@@ -106,7 +107,9 @@ class FaceAligner:
             face_recognition_models.pose_predictor_five_point_model_location()
         )
         self._sixty_eight_point: dlib.shape_predictor | None = None
-        self._lock = threading.Lock()
+        # dlib's detector keeps scratch state between calls; the shape predictors do not.
+        self._detector_lock = threading.Lock()
+        self._loading_lock = threading.Lock()
 
     def detect(self, image: ImageInput, *, color_order: ColorOrder = "RGB") -> list[FaceBox]:
         """All faces in the image, largest first."""
@@ -170,11 +173,12 @@ class FaceAligner:
             small = np.asarray(resized)
         # dlib's HOG window is 80 px: faces smaller than that need the image upsampled, which
         # costs 4x per level, so each level is tried only when the cheaper ones found nothing.
-        rects = self._detector(small, 0)
-        for level in range(1, self.max_upsample + 1):
-            if len(rects) or small.shape[0] * small.shape[1] * 4**level > MAX_UPSAMPLED_PIXELS:
-                break
-            rects = self._detector(small, level)
+        with self._detector_lock:
+            rects = self._detector(small, 0)
+            for level in range(1, self.max_upsample + 1):
+                if len(rects) or small.shape[0] * small.shape[1] * 4**level > MAX_UPSAMPLED_PIXELS:
+                    break
+                rects = self._detector(small, level)
         boxes = [
             FaceBox(
                 left=round(r.left() / scale),
@@ -194,7 +198,7 @@ class FaceAligner:
         return boxes[0]
 
     def _sixty_eight_point_predictor(self) -> dlib.shape_predictor:
-        with self._lock:
+        with self._loading_lock:
             if self._sixty_eight_point is None:
                 self._sixty_eight_point = dlib.shape_predictor(
                     face_recognition_models.pose_predictor_model_location()
