@@ -146,13 +146,14 @@ class FaceAligner:
             details = dlib.get_face_chip_details(shape, size, padding)
             crop = np.ascontiguousarray(dlib.extract_image_chip(pixels, details), dtype=np.uint8)
             transform = _chip_transform(details)
+            landmarks = _points(shape)
         else:
-            shape = self._sixty_eight_point_predictor()(pixels, rect)
-            transform = _ffhq_transform(_points(shape), size, padding)
+            landmarks = _points(self._sixty_eight_point_predictor()(pixels, rect))
+            transform = _ffhq_transform(landmarks, size, padding)
             crop = warp_affine(pixels, _invert_affine(transform), (size, size), border="reflect")
         return AlignedFace(
             image=crop,
-            landmarks=_points(shape),
+            landmarks=landmarks,
             transform=transform,
             box=box,
             source_size=(width, height),
@@ -225,7 +226,7 @@ def paste_back(
         raise ValueError(f"the crop must be square, not {face.shape[1]}x{face.shape[0]}")
     # photo -> crop of this size (the alignment crop may have had another size)
     scale = size / aligned.image.shape[0]
-    to_crop = aligned.transform * scale + np.array([[0, 0, (scale - 1) / 2], [0, 0, (scale - 1) / 2]])
+    to_crop = _rescale_pixel_grid(aligned.transform, scale)
     corners = _apply_affine(
         _invert_affine(to_crop), np.array([[0, 0], [size, 0], [0, size], [size, size]], float)
     )
@@ -270,7 +271,7 @@ def warp_affine(
         # pixel i of the reduced image covers input pixels [i*k, i*k+k-1], centred at i*k+(k-1)/2
         reduced = Image.fromarray(source.squeeze(-1) if source.shape[2] == 1 else source).reduce(shrink)
         source = np.asarray(reduced).reshape(reduced.height, reduced.width, -1)
-        matrix = (matrix - np.array([[0, 0, (shrink - 1) / 2], [0, 0, (shrink - 1) / 2]])) / shrink
+        matrix = _rescale_pixel_grid(matrix, 1 / shrink)
     width, height = output_size
     grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
     x = matrix[0, 0] * grid_x + matrix[0, 1] * grid_y + matrix[0, 2]
@@ -289,6 +290,14 @@ def warp_affine(
             result += np.where(inside[..., None], values, 0.0) * wx * wy
     warped = np.clip(np.rint(result), 0, 255).astype(np.uint8)
     return warped if image.ndim == 3 else warped[:, :, 0]
+
+
+def _rescale_pixel_grid(matrix: FloatArray, factor: float) -> FloatArray:
+    """``matrix`` followed by resizing its target image by ``factor``.
+
+    Pixel edges scale and pixel centres sit at integers, so x becomes x * factor + (factor - 1) / 2.
+    """
+    return matrix * factor + np.array([[0, 0, (factor - 1) / 2], [0, 0, (factor - 1) / 2]])
 
 
 def _reflect(coordinate: FloatArray, length: int) -> FloatArray:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.models.base import Recognizer
@@ -25,7 +24,7 @@ def chips_to_tensor(chips: Sequence[np.ndarray], device: torch.device | str = "c
 
 
 @torch.no_grad()
-def embed_chips(recognizer: nn.Module, chips: Sequence[np.ndarray], *, batch_size: int = 32) -> np.ndarray:
+def embed_chips(recognizer: Recognizer, chips: Sequence[np.ndarray], *, batch_size: int = 32) -> np.ndarray:
     device = next(recognizer.parameters()).device
     parts = [
         recognizer(chips_to_tensor(chips[start : start + batch_size], device)).cpu().numpy()

@@ -220,11 +220,17 @@ def _int_pair(value: object) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def _parameter(values: object, shape: tuple[int, ...] | None = None) -> nn.Parameter:
+    """A parameter holding its own copy of weights read from the file."""
+    tensor = torch.from_numpy(np.array(values, dtype=np.float32))
+    return nn.Parameter(tensor.view(shape) if shape else tensor)
+
+
 class _Conv(nn.Module):
     def __init__(self, record: LayerRecord) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.from_numpy(np.asarray(record.fields["weight"]).copy()))
-        self.bias = nn.Parameter(torch.from_numpy(np.asarray(record.fields["bias"]).copy()))
+        self.weight = _parameter(record.fields["weight"])
+        self.bias = _parameter(record.fields["bias"])
         self.stride = _int_pair(record.fields["stride"])
         self.padding = _int_pair(record.fields["padding"])
 
@@ -237,10 +243,8 @@ class _Affine(nn.Module):
 
     def __init__(self, record: LayerRecord) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(
-            torch.from_numpy(np.asarray(record.fields["gamma"]).copy()).view(1, -1, 1, 1)
-        )
-        self.beta = nn.Parameter(torch.from_numpy(np.asarray(record.fields["beta"]).copy()).view(1, -1, 1, 1))
+        self.gamma = _parameter(record.fields["gamma"], shape=(1, -1, 1, 1))
+        self.beta = _parameter(record.fields["beta"], shape=(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma + self.beta
@@ -268,9 +272,9 @@ class _Pool(nn.Module):
 class _Linear(nn.Module):
     def __init__(self, record: LayerRecord) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.from_numpy(np.asarray(record.fields["weight"]).copy()))
+        self.weight = _parameter(record.fields["weight"])
         bias = record.fields.get("bias")
-        self.bias = nn.Parameter(torch.from_numpy(np.asarray(bias).copy())) if bias is not None else None
+        self.bias = _parameter(bias) if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.flatten(1), self.weight, self.bias)
