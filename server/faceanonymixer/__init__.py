@@ -13,20 +13,35 @@ from faceanonymixer._version import __version__
 
 if TYPE_CHECKING:
     from faceanonymixer.alignment import AlignedFace, FaceAligner
+    from faceanonymixer.engine import ProtectionResult
+    from faceanonymixer.protection_key import ProtectionKey
+    from faceanonymixer.protector import Protector
     from faceanonymixer.recognizers import Recognizer, load_recognizer
 
-__all__ = ["AlignedFace", "FaceAligner", "Recognizer", "__version__", "load_recognizer"]
+__all__ = [
+    "AlignedFace",
+    "FaceAligner",
+    "ProtectionKey",
+    "ProtectionResult",
+    "Protector",
+    "Recognizer",
+    "__version__",
+    "load_recognizer",
+]
 
 _LAZY = {
     "FaceAligner": "faceanonymixer.alignment",
     "AlignedFace": "faceanonymixer.alignment",
     "load_recognizer": "faceanonymixer.recognizers",
     "Recognizer": "faceanonymixer.recognizers",
+    "Protector": "faceanonymixer.protector",
+    "ProtectionResult": "faceanonymixer.engine",
+    "ProtectionKey": "faceanonymixer.protection_key",
 }
 
 
 #: top-level modules that only the [server] extra installs
-_ENGINE_DEPENDENCIES = frozenset({"torch", "dlib", "face_recognition_models"})
+_ENGINE_DEPENDENCIES = frozenset({"torch", "dlib", "face_recognition_models", "cryptography"})
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,8 @@ from faceanonymixer.errors import MultipleFacesError, NoFaceError
 from faceanonymixer.imageio import DEFAULT_LIMITS, ColorOrder, ImageInput, ImageLimits, RGBImage, load_image
 
 AlignmentStyle: TypeAlias = Literal["dlib", "ffhq"]
+#: how a crop was cut: one of the aligner's styles, or onto a generator's landmark template
+CropStyle: TypeAlias = Literal["dlib", "ffhq", "template"]
 MultipleFacesPolicy: TypeAlias = Literal["largest", "error"]
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 
@@ -66,7 +68,7 @@ class AlignedFace:
     box: FaceBox
     #: (width, height) of the photo
     source_size: tuple[int, int]
-    style: AlignmentStyle
+    style: CropStyle
 
     @property
     def inverse_transform(self) -> FloatArray:
@@ -241,7 +243,7 @@ def paste_back(
     window_to_crop[:, 2] += to_crop[:, :2] @ np.array([left, top], float)
     pasted = warp_affine(face, window_to_crop, (right - left, bottom - top), border="constant")
     mask = warp_affine(
-        _feather_mask(size, feather), window_to_crop, (right - left, bottom - top), border="constant"
+        feather_mask(size, feather), window_to_crop, (right - left, bottom - top), border="constant"
     )
     alpha = mask.astype(np.float64)[:, :, :1] / 255.0
     region = base[top:bottom, left:right].astype(np.float64)
@@ -308,7 +310,8 @@ def _reflect(coordinate: FloatArray, length: int) -> FloatArray:
     return np.where(folded > length - 1, period - folded, folded)
 
 
-def _feather_mask(size: int, feather: float) -> npt.NDArray[np.uint8]:
+def feather_mask(size: int, feather: float) -> npt.NDArray[np.uint8]:
+    """(size, size, 3) uint8 weights: 255 inside, ramping to 0 over ``feather`` x size at the border."""
     ramp = max(1.0, feather * size)
     distance = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float64)
     edge = np.clip((distance + 0.5) / ramp, 0.0, 1.0)
@@ -363,3 +366,28 @@ def _invert_affine(matrix: FloatArray) -> FloatArray:
 
 def _apply_affine(matrix: FloatArray, points: FloatArray) -> FloatArray:
     return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def similarity_to_template(landmarks: FloatArray, template: FloatArray) -> FloatArray:
+    """The least-squares similarity (rotation, uniform scale, shift) taking ``landmarks`` onto
+    ``template`` (Umeyama without reflection), as a 2x3 photo -> crop matrix."""
+    source, target = np.asarray(landmarks, np.float64), np.asarray(template, np.float64)
+    if source.shape != target.shape or source.ndim != 2 or source.shape[1] != 2:
+        raise ValueError(f"landmarks {source.shape} and template {target.shape} must both be (K, 2)")
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    source_centred, target_centred = source - source_mean, target - target_mean
+    covariance = target_centred.T @ source_centred / len(source)
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rotation = u @ sign @ vt
+    scale = np.trace(np.diag(singular) @ sign) / source_centred.var(axis=0).sum()
+    linear = scale * rotation
+    return np.hstack([linear, (target_mean - linear @ source_mean)[:, None]])
+
+
+def crop_to_template(
+    pixels: RGBImage, landmarks: FloatArray, template: FloatArray, size: int
+) -> tuple[RGBImage, FloatArray]:
+    """The ``size`` x ``size`` crop whose landmarks sit on ``template``, and its photo -> crop map."""
+    transform = similarity_to_template(landmarks, template)
+    return warp_affine(pixels, _invert_affine(transform), (size, size), border="reflect"), transform

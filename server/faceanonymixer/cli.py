@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from faceanonymixer._version import __version__
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.cli_common import emit, one_line_errors
+from faceanonymixer.cli_models import models_app
+from faceanonymixer.errors import InvalidImageError
 
 app = typer.Typer(
     name="faceanonymixer",
@@ -40,17 +39,7 @@ def main(
     """FaceAnonyMixer command line."""
 
 
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Typed errors become one line on stderr and the exit code of ARCHITECTURE.md's table."""
-    try:
-        yield
-    except FaceAnonyMixerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except (NotADirectoryError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+app.add_typer(models_app, name="models")
 
 
 def default_demo_folder() -> Path | None:
@@ -59,13 +48,6 @@ def default_demo_folder() -> Path | None:
     candidates = [Path(env) / "fr_examples", Path(env)] if env else []
     candidates.append(Path.cwd().parent / "shared" / "faces" / "fr_examples")
     return next((c for c in candidates if c.is_dir()), None)
-
-
-def _emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> None:
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2))
-    else:
-        render()
 
 
 @app.command()
@@ -79,14 +61,70 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Align faces and compare them with dlib's face descriptor running in PyTorch."""
-    with _one_line_errors():
+    with one_line_errors():
         folder = folder or default_demo_folder()
         if folder is None:
             raise NotADirectoryError("no example faces found: pass a folder of <identity>/<image> photos")
         from faceanonymixer.demo import run_alignment_demo
 
         result = run_alignment_demo(folder, max_identities=max_identities, max_images=max_images)
-        _emit(as_json, result.to_json(), lambda: result.render(sys.stdout))
+        emit(as_json, result.to_json(), lambda: result.render(sys.stdout))
+
+
+@app.command()
+def protect(
+    images: Annotated[
+        list[Path], typer.Argument(help="Photos of ONE subject (joint enrollment); one photo = a probe.")
+    ],
+    key_file: Annotated[Path, typer.Option(help="File holding exactly 32 raw key bytes.")],
+    out: Annotated[Path, typer.Option(help="Folder for <input stem>.png, one per input.")],
+    key_version: Annotated[int, typer.Option(min=1, help="Version the key was issued as.")] = 1,
+    crop: Annotated[
+        bool, typer.Option("--crop", help="Write the aligned protected face, not the whole photo.")
+    ] = False,
+    profile: Annotated[str, typer.Option(help="Model profile.")] = "embedded",
+    steps: Annotated[
+        int | None, typer.Option(min=0, help="Optimisation steps (profile default: 50).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Protect photos with a key, in this process, and write one PNG per input."""
+    with one_line_errors():
+        from faceanonymixer.imageio import write_png_atomic
+        from faceanonymixer.protection_key import ProtectionKey
+        from faceanonymixer.protector import Protector
+
+        stems = [path.stem for path in images]
+        if len(set(stems)) != len(stems):
+            raise InvalidImageError(
+                "two inputs share a file name stem; their outputs would collide", field="images"
+            )
+        key = ProtectionKey.from_file(key_file, version=key_version)
+        overrides: dict[str, Any] = {} if steps is None else {"steps": steps}
+        results = Protector(profile, **overrides).protect(list(images), key)
+        # every result exists before the first file is written: a failure leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+        written = [
+            write_png_atomic(out / f"{stem}.png", result.face if crop else result.photo)
+            for stem, result in zip(stems, results, strict=True)
+        ]
+        outputs = [
+            {
+                "input": str(source),
+                "output": str(target),
+                "target_distance": round(result.target_distance, 4),
+                "original_distance": round(result.original_distance, 4),
+                "seconds": round(result.timings["total"], 3),
+            }
+            for source, target, result in zip(images, written, results, strict=True)
+        ]
+        payload = {"profile": profile, "key_version": key.version, "outputs": outputs}
+
+        def render() -> None:
+            for item in outputs:
+                typer.echo(f"{item['output']}  ({item['seconds']} s)")
+
+        emit(as_json, payload, render)
 
 
 if __name__ == "__main__":  # pragma: no cover

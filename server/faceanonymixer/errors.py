@@ -41,3 +41,13 @@ class MultipleFacesError(FacePolicyError):
 
 class ModelFormatError(FaceAnonyMixerError, ValueError):
     """A weights file is not in the format its loader expects (truncated, wrong layer, bad version)."""
+
+
+class InvalidKeyError(FaceAnonyMixerError, ValueError):
+    """Key material that is not 32 bytes, an unreadable key file, or a bad version."""
+
+    exit_code = 4
+
+
+class ProtectionCancelledError(FaceAnonyMixerError):
+    """The caller cancelled the protection (or its deadline passed); nothing was produced."""

@@ -1,0 +1,449 @@
+"""The protection engine: photos of a subject + a key -> protected faces.
+
+Per photo: detect and align (dlib's five landmarks), cut the face onto the generator's landmark
+template, invert it (encoder + a short refinement), mix the real latent with the key's synthetic
+latent by the generator's :class:`~faceanonymixer.generators.LatentLayout`, optimise the
+OPTIMISED rows with Adam, and decode. Faces of one or several subjects optimise as one batch,
+each with its own loss terms.
+
+The loss recognizer sees exactly what a recognizer will see downstream: the generated face
+blended into the original dlib face chip with the feathered mask that pastes it back into the
+photo. Loss terms, per face (weights in :class:`~faceanonymixer.profiles.OptimisationConfig`):
+
+* anonymity: ``relu(cos(f(x) - c, f(original) - c) - margin)``, the cosine of the embeddings
+  centred on the real-face centre ``c`` (raw dlib descriptors all share a large common part);
+* identity: distance of every view of the protected face (plain, mirrored, small affine and colour
+  changes) to the key-derived target identity (:mod:`faceanonymixer.identity_target`), plus, when
+  a subject's photos are protected together, their distance to the subject's mean embedding;
+  views keep the identity from resting on pixel patterns that one resampling destroys;
+* attributes: L1 between the 16 x 16 average-pooled protected and real crops. Pose, expression,
+  lighting and colour live in that coarse structure; identity, for a recognizer, mostly in the
+  finer detail the pooling throws away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from faceanonymixer.alignment import (
+    AlignedFace,
+    FaceAligner,
+    crop_to_template,
+    feather_mask,
+    paste_back,
+)
+from faceanonymixer.errors import ProtectionCancelledError
+from faceanonymixer.generators import Generator, LatentRole, load_generator
+from faceanonymixer.identity_stats import load_identity_mean
+from faceanonymixer.identity_target import key_target_map, target_identity
+from faceanonymixer.imageio import ImageInput, RGBImage, load_image
+from faceanonymixer.models.base import Recognizer
+from faceanonymixer.models.latent_encoder import LatentEncoder, load_latent_encoder
+from faceanonymixer.profiles import OptimisationConfig, Profile, get_profile
+from faceanonymixer.protection_key import ProtectionKey, key_generator
+from faceanonymixer.recognizers import load_recognizer
+from faceanonymixer.weights import weights_entry
+
+LATENT_PURPOSE = "synthetic-latent"
+#: feathered border of the pasted face, as a fraction of the crop (loss and paste-back agree)
+FEATHER = 0.1
+ATTRIBUTE_POOL = 16
+#: views beyond plain and mirrored draw their affine/colour changes from this fixed seed
+VIEW_SEED = 20250701
+
+StopCheck = Callable[[], bool]
+
+
+@dataclass
+class PreparedFace:
+    """One photo, aligned for the recognizer and for the generator."""
+
+    photo: RGBImage
+    chip: AlignedFace
+    crop: AlignedFace
+    #: photo-chip pixel -> generator-crop coordinates in grid_sample's [-1, 1] units, (S, S, 2)
+    grid: torch.Tensor
+    decode_seconds: float
+    align_seconds: float
+
+
+@dataclass
+class LossTrace:
+    """Per-step loss values of one face."""
+
+    total: list[float] = field(default_factory=list)
+    anonymity: list[float] = field(default_factory=list)
+    identity: list[float] = field(default_factory=list)
+    attributes: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ProtectionResult:
+    #: the protected photo: the protected face pasted back at the alignment transform
+    photo: RGBImage
+    #: the protected face on the generator's template, ``output_size`` square
+    face: RGBImage
+    #: the original face on the same template and size
+    original_face: RGBImage
+    key_id: str | None
+    key_version: int
+    profile_id: str
+    loss_trace: LossTrace
+    timings: dict[str, float]
+    #: distance of the final protected face to its target, and to the original, in the loss space
+    target_distance: float
+    original_distance: float
+    #: (rows, width) latents, only when asked for: real (inverted), synthetic (key), protected
+    latents: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class Subject:
+    """Photos of one person under one key, protected together."""
+
+    faces: list[PreparedFace]
+    key: ProtectionKey
+
+
+class ProtectionEngine:
+    """Holds one profile's models; thread-compatible (one protection at a time per engine)."""
+
+    def __init__(
+        self,
+        profile: str | Profile = "embedded",
+        *,
+        optimisation: OptimisationConfig | None = None,
+        device: str | torch.device = "cpu",
+        aligner: FaceAligner | None = None,
+    ) -> None:
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.config = optimisation or self.profile.optimisation
+        self.device = torch.device(device)
+        self.aligner = aligner or FaceAligner()
+        self.generator: Generator = load_generator(self.profile.generator, device=self.device)
+        self.recognizer: Recognizer = load_recognizer(self.profile.recognizer, device=self.device)
+        encoder_entry = weights_entry(self.profile.encoder_weights)
+        self.encoder: LatentEncoder = load_latent_encoder(encoder_entry.path, sha256=encoder_entry.sha256).to(
+            self.device
+        )
+        mean_entry = weights_entry(self.profile.identity_mean)
+        self.identity_centre = load_identity_mean(mean_entry.path, sha256=mean_entry.sha256).to(self.device)
+        size = self.generator.image_size
+        self._mask = torch.from_numpy(feather_mask(size, FEATHER)[:, :, 0].astype(np.float32) / 255.0)
+
+    # ---- preparation -------------------------------------------------------------------------
+
+    def prepare(self, image: ImageInput) -> PreparedFace:
+        started = time.perf_counter()
+        photo = load_image(image, limits=self.aligner.limits)
+        decoded = time.perf_counter()
+        chip = self.aligner.align(photo, size=self.recognizer.input_size[0])
+        crop_pixels, crop_transform = crop_to_template(
+            photo, chip.landmarks, self.generator.landmark_template, self.generator.image_size
+        )
+        crop = AlignedFace(
+            image=crop_pixels,
+            landmarks=chip.landmarks,
+            transform=crop_transform,
+            box=chip.box,
+            source_size=chip.source_size,
+            style="template",
+        )
+        grid = _chip_to_crop_grid(chip, crop, self.generator.image_size)
+        return PreparedFace(photo, chip, crop, grid, decoded - started, time.perf_counter() - decoded)
+
+    # ---- protection --------------------------------------------------------------------------
+
+    def protect(
+        self,
+        subjects: Sequence[Subject],
+        *,
+        should_stop: StopCheck | None = None,
+        keep_latents: bool = False,
+    ) -> list[list[ProtectionResult]]:
+        """Protect every subject's photos; one optimisation batch for all of them.
+
+        ``should_stop`` is called before every step; when it returns True the work stops with
+        :class:`ProtectionCancelledError` and nothing is returned.
+        """
+        faces = [face for subject in subjects for face in subject.faces]
+        if not faces:
+            return [[] for _ in subjects]
+        owner = torch.tensor([index for index, s in enumerate(subjects) for _ in s.faces], device=self.device)
+        check = should_stop or (lambda: False)
+        timer = time.perf_counter()
+
+        chips = torch.stack([_to_tensor(f.chip.image) for f in faces]).to(self.device)
+        crops = torch.stack([_to_tensor(f.crop.image) for f in faces]).to(self.device) / 127.5 - 1.0
+        grids = torch.stack([f.grid for f in faces]).to(self.device)
+        masks = F.grid_sample(
+            self._mask.expand(len(faces), 1, -1, -1).to(self.device), grids, align_corners=False
+        )
+
+        def composite(generated: torch.Tensor) -> torch.Tensor:
+            pixels = F.grid_sample(
+                (generated + 1.0) * 127.5, grids, align_corners=False, padding_mode="border"
+            )
+            return masks * pixels + (1.0 - masks) * chips
+
+        with torch.no_grad():
+            original = self.recognizer(chips)
+        real = self._invert(crops, original, composite, check)
+        inverted_at = time.perf_counter()
+
+        centre = self.identity_centre
+        synthetic, targets, subject_means = [], [], []
+        for index, subject in enumerate(subjects):
+            mine = owner == index
+            z = torch.randn(
+                1,
+                self.generator.z_dim,
+                generator=key_generator(subject.key, self.profile.profile_id, LATENT_PURPOSE),
+            )
+            synthetic.append(self.generator.mapping(z.to(self.device)).expand(int(mine.sum()), -1, -1))
+            mean = original[mine].mean(dim=0, keepdim=True)
+            mapping = key_target_map(
+                subject.key, self.profile.profile_id, mean.shape[1], self.config.target_rank
+            )
+            targets.append(target_identity(mean, centre, mapping.to(self.device)).expand(int(mine.sum()), -1))
+            subject_means.append(mean.expand(int(mine.sum()), -1))
+        synthetic_latents = torch.cat(synthetic)
+        target = torch.cat(targets)
+
+        latent, trace = self._optimise(
+            real, synthetic_latents, target, original, owner, crops, composite, check
+        )
+        optimised_at = time.perf_counter()
+
+        with torch.no_grad():
+            generated = self.generator.synthesize(latent)
+            final = self.recognizer(torch.round(composite(generated)).clamp(0, 255))
+        results = self._results(
+            subjects,
+            faces,
+            generated,
+            final,
+            target,
+            original,
+            latent,
+            real,
+            synthetic_latents,
+            trace,
+            keep_latents,
+        )
+        per_face = {
+            "invert": (inverted_at - timer) / len(faces),
+            "optimise": (optimised_at - inverted_at) / len(faces),
+        }
+        for result, face in zip((r for rs in results for r in rs), faces, strict=True):
+            result.timings.update(per_face, decode=face.decode_seconds, align=face.align_seconds)
+            result.timings["total"] = sum(result.timings.values())
+        return results
+
+    def _invert(
+        self,
+        crops: torch.Tensor,
+        original: torch.Tensor,
+        composite: Callable[[torch.Tensor], torch.Tensor],
+        check: StopCheck,
+    ) -> torch.Tensor:
+        """Encoder, then a short refinement: pixel L1 + distance to the original identity."""
+        with torch.no_grad():
+            start = self.generator.mapping(self.encoder(crops).flatten(1))
+        if self.config.inversion_steps == 0:
+            return start
+        latent = start.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([latent], lr=self.config.inversion_learning_rate)
+        for _ in range(self.config.inversion_steps):
+            _stop_if(check)
+            generated = self.generator.synthesize(latent)
+            pixel = (generated - crops).abs().mean(dim=(1, 2, 3))
+            identity = (self.recognizer(composite(generated)) - original).norm(dim=1)
+            optimiser.zero_grad(set_to_none=True)
+            (pixel + identity).sum().backward()
+            optimiser.step()
+        return latent.detach()
+
+    def _optimise(
+        self,
+        real: torch.Tensor,
+        synthetic: torch.Tensor,
+        target: torch.Tensor,
+        original: torch.Tensor,
+        owner: torch.Tensor,
+        crops: torch.Tensor,
+        composite: Callable[[torch.Tensor], torch.Tensor],
+        check: StopCheck,
+    ) -> tuple[torch.Tensor, list[LossTrace]]:
+        config, layout = self.config, self.generator.layout
+        base = real.clone()
+        key_rows = layout.rows(LatentRole.KEY)
+        optimised_rows = layout.rows(LatentRole.OPTIMISED)
+        base[:, key_rows] = synthetic[:, key_rows]
+        initial = self.generator.blend(
+            real[:, optimised_rows], synthetic[:, optimised_rows], layout.key_blend
+        )
+        rows = torch.tensor(optimised_rows, device=self.device)
+        variable = initial.clone().requires_grad_(True)
+        traces = [LossTrace() for _ in range(len(real))]
+        if not optimised_rows:
+            return base, traces
+
+        optimiser = torch.optim.Adam([variable], lr=config.learning_rate)
+        milestones = sorted({max(1, round(m * config.steps)) for m in config.milestones})
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=milestones, gamma=config.gamma)
+        centred_original = original - self.identity_centre
+        pooled_real = F.adaptive_avg_pool2d(crops, ATTRIBUTE_POOL)
+        views = _view_transforms(config.views, self.device)
+        subject_sizes = torch.bincount(owner).to(real.dtype)
+        several = (subject_sizes[owner] > 1).to(real.dtype)
+
+        for _ in range(config.steps):
+            _stop_if(check)
+            latent = base.index_copy(1, rows, variable)
+            generated = self.generator.synthesize(latent)
+            chips = composite(generated)
+            embeddings = [self.recognizer(view(chips)) for view in views]
+            plain = embeddings[0]
+            anonymity = F.relu(
+                F.cosine_similarity(plain - self.identity_centre, centred_original, dim=1) - config.margin
+            )
+            identity = torch.stack([(e - target).norm(dim=1) for e in embeddings]).mean(dim=0)
+            subject_mean = torch.zeros_like(plain).index_add(0, owner, plain) / subject_sizes[owner, None]
+            identity = identity + several * (plain - subject_mean[owner]).norm(dim=1)
+            attributes = (
+                (F.adaptive_avg_pool2d(generated, ATTRIBUTE_POOL) - pooled_real).abs().mean(dim=(1, 2, 3))
+            )
+            per_face = (
+                config.lambda_anon * anonymity + config.lambda_id * identity + config.lambda_attr * attributes
+            )
+            optimiser.zero_grad(set_to_none=True)
+            per_face.sum().backward()
+            optimiser.step()
+            schedule.step()
+            values = torch.stack([per_face, anonymity, identity, attributes]).detach().cpu().tolist()
+            for index, trace in enumerate(traces):
+                trace.total.append(values[0][index])
+                trace.anonymity.append(values[1][index])
+                trace.identity.append(values[2][index])
+                trace.attributes.append(values[3][index])
+        return base.index_copy(1, rows, variable.detach()), traces
+
+    def _results(
+        self,
+        subjects: Sequence[Subject],
+        faces: list[PreparedFace],
+        generated: torch.Tensor,
+        final: torch.Tensor,
+        target: torch.Tensor,
+        original: torch.Tensor,
+        latent: torch.Tensor,
+        real: torch.Tensor,
+        synthetic: torch.Tensor,
+        traces: list[LossTrace],
+        keep_latents: bool,
+    ) -> list[list[ProtectionResult]]:
+        size = self.profile.output_size
+        images = ((generated.detach().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        target_distances = (final - target).norm(dim=1).cpu().tolist()
+        original_distances = (final - original).norm(dim=1).cpu().tolist()
+        results: list[list[ProtectionResult]] = []
+        index = 0
+        for subject in subjects:
+            mine: list[ProtectionResult] = []
+            for face in subject.faces:
+                started = time.perf_counter()
+                native = images[index].permute(1, 2, 0).numpy()
+                protected = _resize(native, size)
+                photo = paste_back(face.photo, face.crop, protected, feather=FEATHER)
+                latents = None
+                if keep_latents:
+                    latents = {
+                        "real": real[index].cpu().numpy(),
+                        "synthetic": synthetic[index].cpu().numpy(),
+                        "protected": latent[index].cpu().numpy(),
+                    }
+                mine.append(
+                    ProtectionResult(
+                        photo=photo,
+                        face=protected,
+                        original_face=_resize(face.crop.image, size),
+                        key_id=subject.key.key_id,
+                        key_version=subject.key.version,
+                        profile_id=self.profile.profile_id,
+                        loss_trace=traces[index],
+                        timings={"encode": time.perf_counter() - started},
+                        target_distance=target_distances[index],
+                        original_distance=original_distances[index],
+                        latents=latents,
+                    )
+                )
+                index += 1
+            results.append(mine)
+        return results
+
+
+def _stop_if(check: StopCheck) -> None:
+    if check():
+        raise ProtectionCancelledError("protection cancelled")
+
+
+def _to_tensor(image: RGBImage) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+
+
+def _resize(image: RGBImage, size: int) -> RGBImage:
+    if image.shape[0] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def _chip_to_crop_grid(chip: AlignedFace, crop: AlignedFace, crop_size: int) -> torch.Tensor:
+    """For every pixel of the recognizer chip, where it falls in the generator crop ([-1, 1])."""
+    size = chip.image.shape[0]
+    chip_to_photo = np.vstack([chip.inverse_transform, [0.0, 0.0, 1.0]])
+    chip_to_crop = crop.transform @ chip_to_photo
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    u = chip_to_crop[0, 0] * xs + chip_to_crop[0, 1] * ys + chip_to_crop[0, 2]
+    v = chip_to_crop[1, 0] * xs + chip_to_crop[1, 1] * ys + chip_to_crop[1, 2]
+    # pixel centres sit at integers; grid_sample (align_corners=False) puts them at (i + 0.5) / n
+    grid = np.stack([(u + 0.5) / crop_size * 2 - 1, (v + 0.5) / crop_size * 2 - 1], axis=-1)
+    return torch.from_numpy(grid.astype(np.float32))
+
+
+ViewTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _view_transforms(count: int, device: torch.device) -> list[ViewTransform]:
+    """Plain, mirrored, then fixed random small rotations/scales/shifts with colour changes."""
+    views: list[ViewTransform] = [lambda chips: chips, lambda chips: chips.flip(-1)]
+    draws = torch.Generator().manual_seed(VIEW_SEED)
+    for _ in range(max(0, count - 2)):
+        angle, scale, shift_x, shift_y, gain, offset = (torch.rand(6, generator=draws) * 2 - 1).tolist()
+        theta = np.deg2rad(6.0 * angle)
+        factor = 1.0 + 0.05 * scale
+        matrix = torch.tensor(
+            [
+                [np.cos(theta) / factor, -np.sin(theta) / factor, 0.04 * shift_x],
+                [np.sin(theta) / factor, np.cos(theta) / factor, 0.04 * shift_y],
+            ],
+            dtype=torch.float32,
+            device=device,
+        )
+
+        def view(
+            chips: torch.Tensor, matrix: torch.Tensor = matrix, gain: float = gain, offset: float = offset
+        ) -> torch.Tensor:
+            grid = F.affine_grid(matrix.expand(len(chips), 2, 3), list(chips.shape), align_corners=False)
+            moved = F.grid_sample(chips, grid, align_corners=False, padding_mode="border")
+            return (moved * (1.0 + 0.12 * gain) + 12.0 * offset).clamp(0, 255)
+
+        views.append(view)
+    return views[:count]

@@ -1,0 +1,42 @@
+"""Key-derived target identities: what makes a probe protected on its own match its enrollment.
+
+Each protected face is pulled toward ``t = c + s * B P^T (e - c)`` in the loss recognizer's space:
+``e`` the original embedding (the mean over a subject's photos when several are protected
+together), ``c`` the centre of real faces, ``P`` and ``B`` two key-seeded orthonormal bases of
+``rank`` dimensions and ``s = sqrt(dim / rank)`` so that distances keep their expected size.
+
+* Stable: ``t`` is a smooth function of the real identity, so photos of one person (close ``e``)
+  get close targets in separate calls, and different people keep their distance even when the
+  whole application shares one key.
+* Unlinkable: another key draws other bases, so the same person gets an unrelated target.
+* Not invertible: ``P^T`` keeps ``rank`` of the ``dim`` dimensions of ``e - c``; the rest is gone
+  from the target, and so from the protected face. The trade-off, stated plainly: whoever holds
+  the key *and* a protected face can recover those ``rank`` projections and, like any holder of a
+  key in a cancelable scheme, protect candidate photos with the same key and compare. The key is
+  the secret; what is destroyed is the way back to the face and to the full original template.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from faceanonymixer.protection_key import ProtectionKey, key_generator
+
+TARGET_PURPOSE = "identity-target"
+
+
+def key_target_map(key: ProtectionKey, profile_id: str, dim: int, rank: int) -> torch.Tensor:
+    """The (dim, dim) linear map ``s * B P^T`` of rank ``rank`` for this key (float32)."""
+    if not 1 <= rank <= dim:
+        raise ValueError(f"rank must be between 1 and {dim}, not {rank}")
+    generator = key_generator(key, profile_id, TARGET_PURPOSE)
+    draws = torch.randn(2, dim, rank, generator=generator, dtype=torch.float64)
+    source, target = (torch.linalg.qr(draw).Q for draw in draws)
+    return (math.sqrt(dim / rank) * target @ source.T).float()
+
+
+def target_identity(embeddings: torch.Tensor, centre: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    """Targets for (N, dim) original embeddings around ``centre``."""
+    return centre + (embeddings - centre) @ mapping.T

@@ -1,0 +1,66 @@
+"""``Protector``: the engine's Python API for one subject's photos under one key."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from faceanonymixer.engine import ProtectionEngine, ProtectionResult, StopCheck, Subject
+from faceanonymixer.imageio import ImageInput
+from faceanonymixer.profiles import get_profile
+from faceanonymixer.protection_key import ProtectionKey, as_key
+from faceanonymixer.recognizers import default_device
+
+
+class Protector:
+    """Protect face photos with a key.
+
+    >>> protector = Protector(profile="embedded")
+    >>> results = protector.protect(["enroll-1.jpg", "enroll-2.jpg"], key)  # doctest: +SKIP
+
+    All images given in one call are photos of one subject and are optimised together (joint
+    enrollment); a single image is the independent probe. ``optimisation`` overrides the
+    profile's settings by name (``steps=50``, ``lambda_anon=10``, ...).
+    """
+
+    def __init__(
+        self, profile: str = "embedded", *, device: str | torch.device | None = None, **optimisation: Any
+    ) -> None:
+        chosen = get_profile(profile)
+        self.engine = ProtectionEngine(
+            chosen,
+            optimisation=chosen.optimisation.with_overrides(**optimisation),
+            device=device if device is not None else default_device(),
+        )
+
+    def protect(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        key: ProtectionKey | bytes,
+        *,
+        keep_latents: bool = False,
+        should_stop: StopCheck | None = None,
+    ) -> list[ProtectionResult]:
+        """One :class:`ProtectionResult` per image, in input order.
+
+        Raises the typed errors of :mod:`faceanonymixer.errors` (bad image, no face, bad key,
+        cancelled); when one photo fails, none is protected.
+        """
+        batch = _as_batch(images)
+        if not batch:
+            raise ValueError("no images to protect")
+        faces = [self.engine.prepare(image) for image in batch]
+        subject = Subject(faces=faces, key=as_key(key))
+        return self.engine.protect([subject], should_stop=should_stop, keep_latents=keep_latents)[0]
+
+
+def _as_batch(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    single = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
+    if isinstance(images, single):
+        return [images]
+    return list(images)

@@ -1,0 +1,1 @@
+"""Training commands for the models the project trains itself (weights committed)."""

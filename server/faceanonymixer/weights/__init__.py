@@ -1,0 +1,46 @@
+"""Weights the project trains itself, committed with their SHA-256 in ``manifest.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from faceanonymixer.errors import ModelFormatError
+
+WEIGHTS_DIR = Path(__file__).parent
+MANIFEST = WEIGHTS_DIR / "manifest.json"
+
+
+@dataclass(frozen=True)
+class CommittedWeights:
+    name: str
+    file: str
+    sha256: str
+    #: the command that reproduces the file
+    command: str
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.file
+
+
+def committed_weights() -> dict[str, CommittedWeights]:
+    entries = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+    return {name: CommittedWeights(name=name, **entry) for name, entry in entries.items()}
+
+
+def weights_entry(name: str) -> CommittedWeights:
+    entry = committed_weights().get(name)
+    if entry is None:
+        raise ModelFormatError(f"no committed weights named {name!r} in {MANIFEST}")
+    return entry
+
+
+def record_weights(name: str, file: str, sha256: str, command: str) -> None:
+    """Add or replace one manifest entry (atomically)."""
+    entries = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+    entries[name] = {"file": file, "sha256": sha256, "command": command}
+    temporary = MANIFEST.with_suffix(".tmp")
+    temporary.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    temporary.replace(MANIFEST)
