@@ -16,6 +16,20 @@ models_app = typer.Typer(help="Train, list and verify model weights.", no_args_i
 ENCODER_WEIGHTS_NAME = "embedded-encoder"
 
 
+def _reproducing_command() -> str:
+    """This command line, without where its resumable state was kept (it does not change the result)."""
+    arguments, skip = [], False
+    for argument in sys.argv[2:]:
+        if skip or argument.startswith("--checkpoint="):
+            skip = False
+            continue
+        if argument == "--checkpoint":
+            skip = True
+            continue
+        arguments.append(argument)
+    return shlex.join(["faceanonymixer", "models", *arguments])
+
+
 @models_app.command("train-encoder")
 def train_encoder_command(
     data: Annotated[Path, typer.Option(help="Folder of <identity>/<image> training photos (lfw_train).")],
@@ -43,8 +57,7 @@ def train_encoder_command(
         target = out or WEIGHTS_DIR / "embedded_encoder.pt"
         sha256 = train_encoder(model, faces, target, config=config, checkpoint=checkpoint)
         if target.parent.resolve() == WEIGHTS_DIR.resolve():
-            command = shlex.join(["faceanonymixer", "models", *sys.argv[2:]])
-            record_weights(ENCODER_WEIGHTS_NAME, target.name, sha256, command)
+            record_weights(ENCODER_WEIGHTS_NAME, target.name, sha256, _reproducing_command())
         typer.echo(f"{target}  sha256 {sha256}")
 
 
@@ -63,8 +76,7 @@ def identity_stats_command(
         mean = measure_identity_mean(data, load_recognizer(recognizer, device="cpu"), limit=limit)
         target = WEIGHTS_DIR / f"{recognizer}_identity_mean.npy"
         sha256 = save_identity_mean(mean, target)
-        command = shlex.join(["faceanonymixer", "models", *sys.argv[2:]])
-        record_weights(f"{recognizer}-identity-mean", target.name, sha256, command)
+        record_weights(f"{recognizer}-identity-mean", target.name, sha256, _reproducing_command())
         typer.echo(f"{target}  sha256 {sha256}")
 
 

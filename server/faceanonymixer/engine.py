@@ -199,7 +199,7 @@ class ProtectionEngine:
         inverted_at = time.perf_counter()
 
         centre = self.identity_centre
-        synthetic, targets, subject_means = [], [], []
+        synthetic, targets = [], []
         for index, subject in enumerate(subjects):
             mine = owner == index
             z = torch.randn(
@@ -209,11 +209,10 @@ class ProtectionEngine:
             )
             synthetic.append(self.generator.mapping(z.to(self.device)).expand(int(mine.sum()), -1, -1))
             mean = original[mine].mean(dim=0, keepdim=True)
-            mapping = key_target_map(
+            mapping = self.config.target_gain * key_target_map(
                 subject.key, self.profile.profile_id, mean.shape[1], self.config.target_rank
             )
             targets.append(target_identity(mean, centre, mapping.to(self.device)).expand(int(mine.sum()), -1))
-            subject_means.append(mean.expand(int(mine.sum()), -1))
         synthetic_latents = torch.cat(synthetic)
         target = torch.cat(targets)
 

@@ -27,6 +27,8 @@ class OptimisationConfig:
     inversion_learning_rate: float = 0.05
     #: dimensions of the original identity that survive into the key-derived target (of 128 for dlib)
     target_rank: int = 64
+    #: scale of the target's distance from the real-face centre (1 keeps real-face spread)
+    target_gain: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.inversion_steps < 0:

@@ -1,0 +1,281 @@
+"""``faceanonymixer protect``: one PNG per input, written only when every input succeeded, and
+one-line errors with the table's exit codes; ``write_png_atomic`` leaves nothing partial behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import faceanonymixer.protector as protector_module
+from faceanonymixer.cli import app
+from faceanonymixer.engine import ProtectionEngine
+from faceanonymixer.imageio import load_image, write_png_atomic
+from faceanonymixer.profiles import EMBEDDED, PROFILES
+from faceanonymixer.weights import committed_weights
+
+runner = CliRunner()
+KEY = bytes(range(7, 39))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny steps on a CPU shared with training jobs run far faster so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "key.bin"
+    path.write_bytes(KEY)
+    return path
+
+
+@pytest.fixture
+def weights() -> None:
+    entry = committed_weights().get("embedded-encoder")
+    if entry is None or not entry.path.is_file():
+        pytest.skip("the embedded profile's encoder weights are not committed yet (weights/manifest.json)")
+
+
+@pytest.fixture
+def engines(monkeypatch: pytest.MonkeyPatch, weights: None) -> list[ProtectionEngine]:
+    """The CLI has no inversion-steps option: the profile's default drops to 1 for speed, and
+    every engine the CLI builds is recorded."""
+    quick = dataclasses.replace(
+        EMBEDDED, optimisation=EMBEDDED.optimisation.with_overrides(inversion_steps=1)
+    )
+    monkeypatch.setitem(PROFILES, "embedded", quick)
+    built: list[ProtectionEngine] = []
+
+    class RecordingEngine(ProtectionEngine):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(protector_module, "ProtectionEngine", RecordingEngine)
+    return built
+
+
+@pytest.fixture(scope="module")
+def photos(faces_root: Path) -> list[Path]:
+    return [
+        faces_root / "fr_examples" / "kit_harington" / "john2.jpeg",
+        faces_root / "fr_examples" / "rose_leslie" / "img2.jpg",
+    ]
+
+
+@pytest.fixture
+def faceless(tmp_path: Path) -> Path:
+    path = tmp_path / "wall.png"
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(path)
+    return path
+
+
+def protect(*args: str | Path) -> Any:
+    return runner.invoke(app, ["protect", *(str(arg) for arg in args)])
+
+
+def assert_one_line_error(result: Any, code: int) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+    return str(lines[0])
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+# ---- success ---------------------------------------------------------------------------------
+
+
+def test_writes_one_png_per_input_in_input_order(
+    engines: list[ProtectionEngine], photos: list[Path], key_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out" / "nested"
+    ordered = [photos[1], photos[0]]  # not alphabetical: the order of the arguments counts
+    result = protect(*ordered, "--key-file", key_file, "--out", out, "--steps", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["profile"] == "embedded" and report["key_version"] == 1
+    assert [item["input"] for item in report["outputs"]] == [str(path) for path in ordered]
+    assert [item["output"] for item in report["outputs"]] == [str(out / f"{p.stem}.png") for p in ordered]
+    assert files_in(out) == sorted(f"{p.stem}.png" for p in ordered)
+    for source in ordered:
+        with Image.open(out / f"{source.stem}.png") as written:
+            assert written.format == "PNG" and written.mode == "RGB"
+            pixels = np.asarray(written)
+        original = load_image(source)
+        assert pixels.shape == original.shape
+        assert not np.array_equal(pixels, original), "the face was not replaced"
+    for item in report["outputs"]:
+        assert item["target_distance"] > 0 and item["original_distance"] > 0 and item["seconds"] > 0
+    # --steps reached the engine; one engine for the whole call
+    assert len(engines) == 1
+    assert engines[0].config.steps == 2 and engines[0].config.inversion_steps == 1
+
+
+def test_crop_writes_the_square_face_and_plain_output_names_the_files(
+    engines: list[ProtectionEngine], photos: list[Path], key_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "faces"
+    result = protect(photos[0], "--key-file", key_file, "--out", out, "--steps", "1", "--crop")
+    assert result.exit_code == 0, result.output
+    target = out / f"{photos[0].stem}.png"
+    assert result.stdout.strip().startswith(str(target))
+    with Image.open(target) as written:
+        assert written.format == "PNG"
+        assert written.size == (EMBEDDED.output_size, EMBEDDED.output_size)
+    assert files_in(out) == [target.name]
+
+
+def test_an_existing_output_is_replaced(
+    engines: list[ProtectionEngine], photos: list[Path], key_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{photos[0].stem}.png").write_bytes(b"old")
+    result = protect(photos[0], "--key-file", key_file, "--out", out, "--steps", "0", "--crop")
+    assert result.exit_code == 0, result.output
+    with Image.open(out / f"{photos[0].stem}.png") as written:
+        assert written.format == "PNG"
+    assert files_in(out) == [f"{photos[0].stem}.png"]
+
+
+# ---- failures leave nothing behind -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [31, 33, 0])
+def test_a_key_file_of_the_wrong_length_exits_4(tmp_path: Path, photos: list[Path], length: int) -> None:
+    key = tmp_path / "short.bin"
+    key.write_bytes(b"\x02" * length)
+    out = tmp_path / "out"
+    line = assert_one_line_error(protect(photos[0], "--key-file", key, "--out", out), 4)
+    assert "32" in line and str(length) in line
+    assert not out.exists()
+
+
+def test_a_missing_key_file_exits_4(tmp_path: Path, photos: list[Path]) -> None:
+    out = tmp_path / "out"
+    assert_one_line_error(protect(photos[0], "--key-file", tmp_path / "none.bin", "--out", out), 4)
+    assert not out.exists()
+
+
+def test_two_inputs_with_the_same_stem_exit_2(tmp_path: Path, key_file: Path) -> None:
+    for folder, suffix in (("a", "png"), ("b", "jpg")):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (64, 64)).save(tmp_path / folder / f"face.{suffix}")
+    out = tmp_path / "out"
+    line = assert_one_line_error(
+        protect(
+            tmp_path / "a" / "face.png", tmp_path / "b" / "face.jpg", "--key-file", key_file, "--out", out
+        ),
+        2,
+    )
+    assert "stem" in line
+    assert not out.exists()
+
+
+def test_an_input_without_a_face_exits_3_and_writes_nothing(
+    engines: list[ProtectionEngine], faceless: Path, key_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    line = assert_one_line_error(protect(faceless, "--key-file", key_file, "--out", out, "--steps", "1"), 3)
+    assert "no face" in line
+    assert files_in(out) == []
+
+
+def test_a_faceless_input_after_a_valid_one_writes_nothing_either(
+    engines: list[ProtectionEngine], photos: list[Path], faceless: Path, key_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    result = protect(photos[0], faceless, "--key-file", key_file, "--out", out, "--steps", "1")
+    assert_one_line_error(result, 3)
+    assert files_in(out) == []
+
+
+def test_an_unreadable_input_exits_2(
+    engines: list[ProtectionEngine], photos: list[Path], key_file: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    out = tmp_path / "out"
+    assert_one_line_error(protect(photos[0], broken, "--key-file", key_file, "--out", out), 2)
+    assert files_in(out) == []
+
+
+# ---- write_png_atomic ------------------------------------------------------------------------
+
+
+def _pixels() -> np.ndarray:
+    return np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+
+
+def test_write_png_atomic_writes_a_png_and_nothing_else(tmp_path: Path) -> None:
+    target = tmp_path / "face.png"
+    assert write_png_atomic(target, _pixels()) == target
+    with Image.open(target) as written:
+        assert written.format == "PNG"
+        np.testing.assert_array_equal(np.asarray(written), _pixels())
+    assert files_in(tmp_path) == ["face.png"]
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_failed_save_leaves_no_partial_or_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    def failing_save(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        fp.write(b"\x89PNG partial")  # some bytes reach the temporary file first
+        raise failure
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(type(failure)):
+        write_png_atomic(tmp_path / "new.png", _pixels())
+    assert files_in(tmp_path) == []
+
+
+def test_a_failed_save_leaves_an_existing_file_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "face.png"
+    write_png_atomic(target, _pixels())
+    before = target.read_bytes()
+
+    def failing_save(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        fp.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_png_atomic(target, np.zeros((8, 8, 3), dtype=np.uint8))
+    assert target.read_bytes() == before
+    assert files_in(tmp_path) == ["face.png"]
+
+
+def test_a_failed_rename_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "face.png"
+    target.write_bytes(b"existing")
+
+    def failing_replace(self: Path, other: Any) -> Path:
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(Path, "replace", failing_replace)
+    with pytest.raises(PermissionError):
+        write_png_atomic(target, _pixels())
+    assert target.read_bytes() == b"existing"
+    assert files_in(tmp_path) == ["face.png"]

@@ -1,0 +1,232 @@
+"""Protection keys: HKDF-SHA256 seeds (RFC 5869), key files, and the key-derived target map."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+import pytest
+import torch
+
+from faceanonymixer.errors import InvalidKeyError
+from faceanonymixer.identity_target import TARGET_PURPOSE, key_target_map, target_identity
+from faceanonymixer.protection_key import KEY_BYTES, ProtectionKey, as_key, derive_seed, key_generator
+
+KEY_A = bytes(range(32))
+KEY_B = bytes.fromhex("f0e1d2c3b4a5968778695a4b3c2d1e0f" * 2)
+#: regression vector: derive_seed(ProtectionKey(KEY_A), "embedded", "synthetic-latent"), version 1;
+#: checked against the hand-written RFC 5869 HKDF below (test_seed_matches_an_independent_hkdf)
+KEY_A_LATENT_SEED = 8721939535741361356
+
+
+def rfc5869_hkdf_sha256(ikm: bytes, info: bytes, length: int, salt: bytes | None = None) -> bytes:
+    """HKDF-SHA256 written from RFC 5869: extract (an absent salt is HashLen zero bytes), then expand."""
+    prk = hmac.new(salt or b"\x00" * hashlib.sha256().digest_size, ikm, hashlib.sha256).digest()
+    okm, block = b"", b""
+    for counter in range(1, -(-length // 32) + 1):
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        okm += block
+    return okm[:length]
+
+
+def expected_seed(material: bytes, profile_id: str, version: int, purpose: str) -> int:
+    info = f"faceanonymixer/v1|{profile_id}|{version}|{purpose}".encode()
+    return int.from_bytes(rfc5869_hkdf_sha256(material, info, 8), "big") >> 1
+
+
+def test_hand_written_hkdf_matches_rfc5869_test_case_3() -> None:
+    """RFC 5869 appendix A.3: SHA-256, zero-length salt and info (the helper itself is right)."""
+    okm = rfc5869_hkdf_sha256(b"\x0b" * 22, b"", 42)
+    assert okm.hex() == (
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"
+    )
+
+
+@pytest.mark.parametrize("material", [KEY_A, KEY_B], ids=["key-a", "key-b"])
+@pytest.mark.parametrize(
+    ("profile_id", "version", "purpose"),
+    [("embedded", 1, "synthetic-latent"), ("embedded", 3, TARGET_PURPOSE), ("ffhq", 1, "synthetic-latent")],
+)
+def test_seed_matches_an_independent_hkdf(
+    material: bytes, profile_id: str, version: int, purpose: str
+) -> None:
+    key = ProtectionKey(material, version=version)
+    seed = derive_seed(key, profile_id, purpose)
+    assert seed == expected_seed(material, profile_id, version, purpose)
+    assert 0 <= seed < 2**63
+
+
+def test_seed_regression_vector() -> None:
+    assert expected_seed(KEY_A, "embedded", 1, "synthetic-latent") == KEY_A_LATENT_SEED
+    assert derive_seed(ProtectionKey(KEY_A), "embedded", "synthetic-latent") == KEY_A_LATENT_SEED
+    # stable across calls and across equal key objects
+    assert derive_seed(ProtectionKey(bytes(KEY_A)), "embedded", "synthetic-latent") == KEY_A_LATENT_SEED
+
+
+def test_profile_version_purpose_and_key_each_change_the_seed() -> None:
+    base = derive_seed(ProtectionKey(KEY_A), "embedded", "synthetic-latent")
+    others = {
+        derive_seed(ProtectionKey(KEY_A), "other-profile", "synthetic-latent"),
+        derive_seed(ProtectionKey(KEY_A, version=2), "embedded", "synthetic-latent"),
+        derive_seed(ProtectionKey(KEY_A), "embedded", TARGET_PURPOSE),
+        derive_seed(ProtectionKey(KEY_B), "embedded", "synthetic-latent"),
+    }
+    assert base not in others
+    assert len(others) == 4
+
+
+def test_key_id_does_not_change_the_seed() -> None:
+    assert derive_seed(ProtectionKey(KEY_A, key_id="x"), "embedded", "p") == derive_seed(
+        ProtectionKey(KEY_A, key_id="y"), "embedded", "p"
+    )
+
+
+def test_key_generator_repeats_its_draws() -> None:
+    key = ProtectionKey(KEY_A)
+    first = torch.randn(4, 100, generator=key_generator(key, "embedded", "synthetic-latent"))
+    second = torch.randn(4, 100, generator=key_generator(key, "embedded", "synthetic-latent"))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    other = torch.randn(4, 100, generator=key_generator(ProtectionKey(KEY_B), "embedded", "synthetic-latent"))
+    assert not torch.equal(first, other)
+    generator = key_generator(key, "embedded", "synthetic-latent")
+    assert generator.device.type == "cpu"
+    assert generator.initial_seed() == KEY_A_LATENT_SEED
+
+
+@pytest.mark.parametrize("length", [0, 16, 31, 33, 64])
+def test_material_of_the_wrong_length_is_refused(length: int) -> None:
+    with pytest.raises(InvalidKeyError, match="32 bytes"):
+        ProtectionKey(b"k" * length)
+
+
+def test_material_that_is_not_bytes_is_refused() -> None:
+    with pytest.raises(InvalidKeyError):
+        ProtectionKey(bytearray(32))  # type: ignore[arg-type]
+    with pytest.raises(InvalidKeyError):
+        ProtectionKey("k" * 32)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", [0, -1])
+def test_version_below_one_is_refused(version: int) -> None:
+    with pytest.raises(InvalidKeyError, match="version"):
+        ProtectionKey(KEY_A, version=version)
+
+
+def test_invalid_key_error_is_a_value_error_with_exit_code_4() -> None:
+    with pytest.raises(ValueError) as caught:
+        ProtectionKey(b"short")
+    assert caught.value.exit_code == 4  # type: ignore[attr-defined]
+
+
+def test_as_key_wraps_bytes_and_passes_keys_through() -> None:
+    key = ProtectionKey(KEY_A)
+    assert as_key(key) is key
+    assert as_key(KEY_A) == key
+    with pytest.raises(InvalidKeyError):
+        as_key(b"\x00" * 31)
+
+
+def test_generated_keys_are_random_and_valid() -> None:
+    first, second = ProtectionKey.generate(key_id="a"), ProtectionKey.generate()
+    assert len(first.material) == KEY_BYTES and first.key_id == "a" and first.version == 1
+    assert first.material != second.material
+
+
+def test_from_file_reads_32_raw_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "alice.bin"
+    path.write_bytes(KEY_B)
+    key = ProtectionKey.from_file(path, version=2)
+    assert key.material == KEY_B
+    assert key.version == 2
+    assert key.key_id == "alice"
+    assert derive_seed(key, "embedded", "p") == expected_seed(KEY_B, "embedded", 2, "p")
+
+
+@pytest.mark.parametrize("length", [31, 33, 0])
+def test_from_file_refuses_other_lengths(tmp_path: Path, length: int) -> None:
+    path = tmp_path / "key.bin"
+    path.write_bytes(b"\x01" * length)
+    with pytest.raises(InvalidKeyError, match=f"not {length}"):
+        ProtectionKey.from_file(path)
+
+
+def test_from_file_refuses_a_missing_file_and_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(InvalidKeyError, match="cannot read"):
+        ProtectionKey.from_file(tmp_path / "missing.bin")
+    with pytest.raises(InvalidKeyError, match="cannot read"):
+        ProtectionKey.from_file(tmp_path)
+
+
+def test_from_file_refuses_a_bad_version(tmp_path: Path) -> None:
+    path = tmp_path / "key.bin"
+    path.write_bytes(KEY_A)
+    with pytest.raises(InvalidKeyError, match="version"):
+        ProtectionKey.from_file(path, version=0)
+
+
+def test_material_never_appears_in_repr_or_str() -> None:
+    key = ProtectionKey(KEY_B, key_id="k1")
+    for text in (repr(key), str(key)):
+        assert KEY_B.hex() not in text
+        assert repr(KEY_B) not in text
+        assert "material" not in text
+        assert "k1" in text
+
+
+# ---- key-derived target map ------------------------------------------------------------------
+
+
+def test_target_map_is_deterministic_per_key() -> None:
+    first = key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64)
+    second = key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64)
+    assert first.shape == (128, 128) and first.dtype == torch.float32
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_target_map_differs_between_keys_profiles_and_versions() -> None:
+    base = key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64)
+    for other in (
+        key_target_map(ProtectionKey(KEY_B), "embedded", 128, 64),
+        key_target_map(ProtectionKey(KEY_A, version=2), "embedded", 128, 64),
+        key_target_map(ProtectionKey(KEY_A), "ffhq", 128, 64),
+    ):
+        # unrelated maps, not small perturbations of one another
+        assert (other - base).norm() > 0.5 * base.norm()
+
+
+@pytest.mark.parametrize("rank", [1, 16, 64, 128])
+def test_target_map_has_the_requested_rank(rank: int) -> None:
+    mapping = key_target_map(ProtectionKey(KEY_A), "embedded", 128, rank)
+    # float32 map: matrix_rank's default float32 tolerance absorbs the rounding of the zero directions
+    assert int(torch.linalg.matrix_rank(mapping)) == rank
+    # s * B P^T: all non-zero singular values equal s = sqrt(dim / rank), the others vanish
+    singular = torch.linalg.svdvals(mapping.double())
+    torch.testing.assert_close(
+        singular[:rank], torch.full((rank,), (128 / rank) ** 0.5, dtype=torch.float64), atol=1e-5, rtol=1e-5
+    )
+    assert bool((singular[rank:] < 1e-4).all())
+
+
+@pytest.mark.parametrize("rank", [0, 129])
+def test_target_map_refuses_a_rank_out_of_range(rank: int) -> None:
+    with pytest.raises(ValueError, match="rank"):
+        key_target_map(ProtectionKey(KEY_A), "embedded", 128, rank)
+
+
+@pytest.mark.parametrize("rank", [16, 64])
+def test_target_map_preserves_expected_squared_distances(rank: int) -> None:
+    mapping = key_target_map(ProtectionKey(KEY_B), "embedded", 128, rank).double()
+    vectors = torch.randn(4000, 128, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    ratio = ((vectors @ mapping.T).pow(2).sum(dim=1).mean() / vectors.pow(2).sum(dim=1).mean()).item()
+    assert ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_target_identity_maps_around_the_centre() -> None:
+    mapping = key_target_map(ProtectionKey(KEY_A), "embedded", 8, 4)
+    centre = torch.arange(8, dtype=torch.float32)
+    embeddings = centre + torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    targets = target_identity(embeddings, centre, mapping)
+    torch.testing.assert_close(targets, centre + (embeddings - centre) @ mapping.T)
+    # the centre maps onto itself
+    torch.testing.assert_close(target_identity(centre[None], centre, mapping), centre[None])
