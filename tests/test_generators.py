@@ -3,7 +3,6 @@ template), and the similarity alignment onto a generator's template."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -142,12 +141,6 @@ def test_an_empty_or_truncated_file_is_a_model_format_error(tmp_path: Path, cont
         load_digiface_dcgan(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pickle.UnpicklingError,
-    reason="BUG: load_digiface_dcgan does not catch pickle.UnpicklingError (garbage bytes); "
-    "remove this marker once models/dcgan.py maps it to ModelFormatError",
-)
 def test_garbage_bytes_are_a_model_format_error(tmp_path: Path) -> None:
     path = tmp_path / "weights.tar"
     path.write_bytes(b"garbage " * 200)
@@ -280,12 +273,6 @@ def test_a_dcgan_checkpoint_is_not_a_latent_encoder(tmp_path: Path) -> None:
         load_latent_encoder(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pickle.UnpicklingError,
-    reason="BUG: load_latent_encoder does not catch pickle.UnpicklingError (garbage bytes); "
-    "remove this marker once models/latent_encoder.py maps it to ModelFormatError",
-)
 def test_garbage_bytes_are_not_a_latent_encoder(tmp_path: Path) -> None:
     path = tmp_path / "encoder.pt"
     path.write_bytes(b"garbage " * 200)

@@ -90,7 +90,6 @@ def protect(
 ) -> None:
     """Protect photos with a key, in this process, and write one PNG per input."""
     with one_line_errors():
-        from faceanonymixer.imageio import write_png_atomic
         from faceanonymixer.protection_key import ProtectionKey
         from faceanonymixer.protector import Protector
 
@@ -104,10 +103,10 @@ def protect(
         results = Protector(profile, **overrides).protect(list(images), key)
         # every result exists before the first file is written: a failure leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)
-        written = [
-            write_png_atomic(out / f"{stem}.png", result.face if crop else result.photo)
-            for stem, result in zip(stems, results, strict=True)
-        ]
+        written = _write_all(
+            [out / f"{stem}.png" for stem in stems],
+            [result.face if crop else result.photo for result in results],
+        )
         outputs = [
             {
                 "input": str(source),
@@ -125,6 +124,21 @@ def protect(
                 typer.echo(f"{item['output']}  ({item['seconds']} s)")
 
         emit(as_json, payload, render)
+
+
+def _write_all(paths: list[Path], images: list[Any]) -> list[Path]:
+    """Write every image atomically; if one write fails, remove the ones already written."""
+    from faceanonymixer.imageio import write_png_atomic
+
+    written: list[Path] = []
+    try:
+        for path, image in zip(paths, images, strict=True):
+            written.append(write_png_atomic(path, image))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from faceanonymixer.alignment import FaceAligner
 from faceanonymixer.datasets import list_identity_images
 from faceanonymixer.embedding import embed_chips
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
 from faceanonymixer.models.base import Recognizer
 from faceanonymixer.models.latent_encoder import file_sha256
 
@@ -43,5 +43,5 @@ def save_identity_mean(mean: torch.Tensor, path: Path) -> str:
 
 def load_identity_mean(path: Path, *, sha256: str | None = None) -> torch.Tensor:
     if sha256 is not None and (actual := file_sha256(path)) != sha256:
-        raise FaceAnonyMixerError(f"{path}: SHA-256 is {actual}, expected {sha256}")
+        raise ModelFormatError(f"{path}: SHA-256 is {actual}, expected {sha256}")
     return torch.from_numpy(np.load(path, allow_pickle=False)).float()

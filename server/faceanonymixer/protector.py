@@ -51,11 +51,12 @@ class Protector:
         Raises the typed errors of :mod:`faceanonymixer.errors` (bad image, no face, bad key,
         cancelled); when one photo fails, none is protected.
         """
+        protection_key = as_key(key)
         batch = _as_batch(images)
         if not batch:
             raise ValueError("no images to protect")
         faces = [self.engine.prepare(image) for image in batch]
-        subject = Subject(faces=faces, key=as_key(key))
+        subject = Subject(faces=faces, key=protection_key)
         return self.engine.protect([subject], should_stop=should_stop, keep_latents=keep_latents)[0]
 
 

@@ -7,6 +7,7 @@ package (it needs torchvision, which we do not depend on).
 
 from __future__ import annotations
 
+import pickle
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def load_digiface_dcgan(path: str | Path | None = None) -> DigiFaceDCGAN:
         state = checkpoint["netG_state_dict"]
     except FileNotFoundError:
         raise
-    except (KeyError, TypeError, RuntimeError, EOFError, OSError) as error:
+    except (KeyError, TypeError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
         raise ModelFormatError(f"{path}: not a DCGAN checkpoint with 'netG_state_dict' ({error})") from error
     model = DigiFaceDCGAN()
     try:

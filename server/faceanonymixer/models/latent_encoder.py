@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -52,6 +53,6 @@ def load_latent_encoder(path: str | Path, *, sha256: str | None = None) -> Laten
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         encoder = LatentEncoder(**checkpoint["config"])
         encoder.load_state_dict(checkpoint["state_dict"], strict=True)
-    except (KeyError, TypeError, RuntimeError, EOFError) as error:
+    except (KeyError, TypeError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
         raise ModelFormatError(f"{path}: not a latent-encoder checkpoint ({error})") from error
     return encoder.eval().requires_grad_(False)
