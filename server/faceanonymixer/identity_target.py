@@ -3,7 +3,8 @@
 Each protected face is pulled toward ``t = c + s * B P^T (e - c)`` in the loss recognizer's space:
 ``e`` the original embedding (the mean over a subject's photos when several are protected
 together), ``c`` the centre of real faces, ``P`` and ``B`` two key-seeded orthonormal bases of
-``rank`` dimensions and ``s = sqrt(dim / rank)`` so that distances keep their expected size.
+``rank`` dimensions and ``s = sqrt(dim / rank)`` so that distances keep their expected size (the
+engine scales ``s`` by the profile's ``target_gain`` where its generator falls short of targets).
 
 * Stable: ``t`` is a smooth function of the real identity, so photos of one person (close ``e``)
   get close targets in separate calls, and different people keep their distance even when the
