@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,8 +28,7 @@ from faceanonymixer.protection_key import ProtectionKey
 
 
 def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+    return float(np.percentile(values, 100 * share, method="nearest"))
 
 
 def matmul_gflops(size: int = 2048, seconds: float = 2.0) -> float:

@@ -86,8 +86,7 @@ def verify_command(
 ) -> None:
     """Check the SHA-256 of every committed weights file; exit 1 on any mismatch."""
     with one_line_errors():
-        from faceanonymixer.models.latent_encoder import file_sha256
-        from faceanonymixer.weights import committed_weights
+        from faceanonymixer.weights import committed_weights, file_sha256
 
         results = {}
         for name, entry in committed_weights().items():

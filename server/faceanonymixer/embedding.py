@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +43,7 @@ class EmbeddedFaces:
 
 
 def embed_images(
-    items: Sequence[tuple[str, Path]],
+    items: Iterable[tuple[str, Path]],
     *,
     aligner: FaceAligner,
     recognizer: Recognizer,

@@ -39,6 +39,7 @@ from faceanonymixer.alignment import (
     feather_mask,
     paste_back,
 )
+from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.errors import ProtectionCancelledError
 from faceanonymixer.generators import Generator, LatentRole, load_generator
 from faceanonymixer.identity_stats import load_identity_mean
@@ -180,8 +181,8 @@ class ProtectionEngine:
         check = should_stop or (lambda: False)
         timer = time.perf_counter()
 
-        chips = torch.stack([_to_tensor(f.chip.image) for f in faces]).to(self.device)
-        crops = torch.stack([_to_tensor(f.crop.image) for f in faces]).to(self.device) / 127.5 - 1.0
+        chips = chips_to_tensor([f.chip.image for f in faces], self.device)
+        crops = chips_to_tensor([f.crop.image for f in faces], self.device) / 127.5 - 1.0
         grids = torch.stack([f.grid for f in faces]).to(self.device)
         masks = F.grid_sample(
             self._mask.expand(len(faces), 1, -1, -1).to(self.device), grids, align_corners=False
@@ -392,10 +393,6 @@ class ProtectionEngine:
 def _stop_if(check: StopCheck) -> None:
     if check():
         raise ProtectionCancelledError("protection cancelled")
-
-
-def _to_tensor(image: RGBImage) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
 
 
 def _resize(image: RGBImage, size: int) -> RGBImage:

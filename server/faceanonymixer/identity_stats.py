@@ -15,25 +15,19 @@ from tqdm import tqdm
 
 from faceanonymixer.alignment import FaceAligner
 from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.embedding import embed_chips
-from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
+from faceanonymixer.embedding import embed_images
+from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.models.base import Recognizer
-from faceanonymixer.models.latent_encoder import file_sha256
+from faceanonymixer.weights import check_sha256, file_sha256
 
 
 def measure_identity_mean(root: Path, recognizer: Recognizer, *, limit: int) -> torch.Tensor:
     """Mean embedding of up to ``limit`` aligned photos under ``root`` (float32, (D,))."""
-    aligner = FaceAligner()
-    size = recognizer.input_size[0]
-    chips = []
-    for _, path in tqdm(list_identity_images(root)[:limit], desc="embedding training faces", unit="photo"):
-        try:
-            chips.append(aligner.align(path, size=size).image)
-        except FaceAnonyMixerError:
-            continue
-    if not chips:
+    items = tqdm(list_identity_images(root)[:limit], desc="embedding training faces", unit="photo")
+    faces = embed_images(items, aligner=FaceAligner(), recognizer=recognizer)
+    if not faces.labels:
         raise FaceAnonyMixerError(f"no face could be aligned under {root}")
-    return torch.from_numpy(embed_chips(recognizer, chips).mean(axis=0)).float()
+    return torch.from_numpy(faces.embeddings.mean(axis=0)).float()
 
 
 def save_identity_mean(mean: torch.Tensor, path: Path) -> str:
@@ -42,6 +36,5 @@ def save_identity_mean(mean: torch.Tensor, path: Path) -> str:
 
 
 def load_identity_mean(path: Path, *, sha256: str | None = None) -> torch.Tensor:
-    if sha256 is not None and (actual := file_sha256(path)) != sha256:
-        raise ModelFormatError(f"{path}: SHA-256 is {actual}, expected {sha256}")
+    check_sha256(path, sha256)
     return torch.from_numpy(np.load(path, allow_pickle=False)).float()

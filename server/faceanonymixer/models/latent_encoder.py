@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -10,6 +9,9 @@ import torch
 from torch import nn
 
 from faceanonymixer.errors import ModelFormatError
+from faceanonymixer.weights import check_sha256, file_sha256
+
+__all__ = ["LatentEncoder", "file_sha256", "load_latent_encoder", "save_latent_encoder"]
 
 
 class LatentEncoder(nn.Module):
@@ -30,14 +32,6 @@ class LatentEncoder(nn.Module):
         return self.head(self.features(image).flatten(1)).reshape(-1, self.rows, self.width)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_latent_encoder(encoder: LatentEncoder, path: str | Path) -> str:
     """Write the weights (with their shape) and return the file's SHA-256."""
     config = {"rows": encoder.rows, "width": encoder.width, "image_size": encoder.image_size}
@@ -47,8 +41,7 @@ def save_latent_encoder(encoder: LatentEncoder, path: str | Path) -> str:
 
 def load_latent_encoder(path: str | Path, *, sha256: str | None = None) -> LatentEncoder:
     """Load weights written by :func:`save_latent_encoder`, checking the SHA-256 when given."""
-    if sha256 is not None and (actual := file_sha256(path)) != sha256:
-        raise ModelFormatError(f"{path}: SHA-256 is {actual}, expected {sha256}")
+    check_sha256(path, sha256)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         encoder = LatentEncoder(**checkpoint["config"])

@@ -19,13 +19,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from faceanonymixer.alignment import FaceAligner, crop_to_template
 from faceanonymixer.datasets import list_identity_images
+from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.generators import Generator
 from faceanonymixer.imageio import load_image
@@ -66,8 +66,7 @@ def aligned_training_faces(
         crops.append(crop)
     if not crops:
         raise FaceAnonyMixerError(f"no face could be aligned under {root}")
-    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()
-    return batch / 127.5 - 1.0
+    return chips_to_tensor(crops) / 127.5 - 1.0
 
 
 def train_encoder(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,20 @@ class CommittedWeights:
     @property
     def path(self) -> Path:
         return WEIGHTS_DIR / self.file
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | Path, expected: str | None) -> None:
+    """Raise :class:`ModelFormatError` unless the file's SHA-256 is ``expected`` (None: no check)."""
+    if expected is not None and (actual := file_sha256(path)) != expected:
+        raise ModelFormatError(f"{path}: SHA-256 is {actual}, expected {expected}")
 
 
 def committed_weights() -> dict[str, CommittedWeights]:
