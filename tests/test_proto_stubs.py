@@ -135,6 +135,8 @@ def test_no_key_material_on_the_wire() -> None:
         "create_time",
         "revoke_time",
         "profile_id",
+        "replaces_key_id",
+        "replaced_by_key_id",
     }
     for proto in ("protection", "keys"):
         for message in _all_messages(_file_descriptor(proto)):

@@ -11,8 +11,18 @@ import typer
 
 from faceanonymixer._version import __version__
 from faceanonymixer.cli_common import emit, one_line_errors
+from faceanonymixer.cli_keys import keys_app
 from faceanonymixer.cli_models import models_app
-from faceanonymixer.errors import InvalidImageError
+from faceanonymixer.cli_remote import (
+    Remote,
+    ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenOption,
+)
+from faceanonymixer.cli_serve import serve
+from faceanonymixer.errors import InvalidImageError, InvalidRequestError
 
 app = typer.Typer(
     name="faceanonymixer",
@@ -40,6 +50,8 @@ def main(
 
 
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.command()(serve)
 
 
 def default_demo_folder() -> Path | None:
@@ -76,48 +88,69 @@ def protect(
     images: Annotated[
         list[Path], typer.Argument(help="Photos of ONE subject (joint enrollment); one photo = a probe.")
     ],
-    key_file: Annotated[Path, typer.Option(help="File holding exactly 32 raw key bytes.")],
     out: Annotated[Path, typer.Option(help="Folder for <input stem>.png, one per input.")],
-    key_version: Annotated[int, typer.Option(min=1, help="Version the key was issued as.")] = 1,
+    key_file: Annotated[
+        Path | None, typer.Option(help="File holding exactly 32 raw key bytes (no key store).")
+    ] = None,
+    key_id: Annotated[
+        str | None, typer.Option(help="A key of the key store: on --server, else in the local store.")
+    ] = None,
+    key_version: Annotated[int, typer.Option(min=1, help="Version a --key-file was issued as.")] = 1,
     crop: Annotated[
         bool, typer.Option("--crop", help="Write the aligned protected face, not the whole photo.")
     ] = False,
-    profile: Annotated[str, typer.Option(help="Model profile.")] = "embedded",
+    profile: Annotated[str, typer.Option(help="Model profile (local protection).")] = "embedded",
     steps: Annotated[
-        int | None, typer.Option(min=0, help="Optimisation steps (profile default: 50).")
+        int | None, typer.Option(min=0, help="Optimisation steps (local; profile default: 50).")
     ] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds --server may take.")] = 600.0,
+    keystore: Annotated[str | None, typer.Option(help="Local key store URL for --key-id.")] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant of the local key store.")] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Protect photos with a key, in this process, and write one PNG per input."""
-    with one_line_errors():
-        from faceanonymixer.protection_key import ProtectionKey
-        from faceanonymixer.protector import Protector
+    """Protect photos with a key and write one PNG per input: nothing is written unless all succeed.
 
+    The key is a raw --key-file, or a --key-id of the key store; with --server the protection runs
+    on that server (exit codes follow the error table: a revoked key exits 4).
+    """
+    with one_line_errors():
         stems = [path.stem for path in images]
         if len(set(stems)) != len(stems):
             raise InvalidImageError(
                 "two inputs share a file name stem; their outputs would collide", field="images"
             )
-        key = ProtectionKey.from_file(key_file, version=key_version)
-        overrides: dict[str, Any] = {} if steps is None else {"steps": steps}
-        results = Protector(profile, **overrides).protect(list(images), key)
+        if (key_file is None) == (key_id is None):
+            raise InvalidRequestError("give exactly one of --key-file and --key-id", field="key")
+        if server is not None:
+            if key_id is None:
+                raise InvalidRequestError("--server needs --key-id (keys live on the server)", field="key_id")
+            from faceanonymixer.cli_protect import protect_remotely
+
+            remote = Remote(server, token, tls_ca, tls_cert, tls_key)
+            protected = protect_remotely(remote, images, key_id, paste_back=not crop, timeout=timeout)
+        else:
+            from faceanonymixer.cli_protect import load_local_key, protect_locally
+
+            key = load_local_key(key_file, key_version, key_id, keystore, tenant)
+            protected = protect_locally(images, key, profile, crop=crop, steps=steps)
         # every result exists before the first file is written: a failure leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)
-        written = _write_all(
-            [out / f"{stem}.png" for stem in stems],
-            [result.face if crop else result.photo for result in results],
-        )
+        written = _write_all([out / f"{stem}.png" for stem in stems], [item.pixels for item in protected])
         outputs = [
-            {
-                "input": str(source),
-                "output": str(target),
-                "target_distance": round(result.target_distance, 4),
-                "original_distance": round(result.original_distance, 4),
-                "seconds": round(result.timings["total"], 3),
-            }
-            for source, target, result in zip(images, written, results, strict=True)
+            {"input": str(source), "output": str(target), **item.report}
+            for source, target, item in zip(images, written, protected, strict=True)
         ]
-        payload = {"profile": profile, "key_version": key.version, "outputs": outputs}
+        payload = {
+            "profile": protected[0].profile_id,
+            "key_id": protected[0].key_id,
+            "key_version": protected[0].key_version,
+            "outputs": outputs,
+        }
 
         def render() -> None:
             for item in outputs:

@@ -27,6 +27,6 @@ def one_line_errors() -> Iterator[None]:
 
 def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> None:
     if as_json:
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(json.dumps(payload, indent=2, default=str))
     else:
         render()

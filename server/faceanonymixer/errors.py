@@ -51,3 +51,41 @@ class InvalidKeyError(FaceAnonyMixerError, ValueError):
 
 class ProtectionCancelledError(FaceAnonyMixerError):
     """The caller cancelled the protection (or its deadline passed); nothing was produced."""
+
+
+class InvalidRequestError(FaceAnonyMixerError, ValueError):
+    """A request field other than the image is malformed (a page token, a size, an empty list)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        #: the request field at fault (for gRPC BadRequest field violations)
+        self.field = field
+
+
+class KeyNotFoundError(FaceAnonyMixerError, LookupError):
+    """No key with this id exists in the caller's tenant."""
+
+    exit_code = 4
+
+
+class KeyRevokedError(FaceAnonyMixerError):
+    """The key version was revoked; it refuses all use."""
+
+    exit_code = 4
+
+
+class KeyAccessDeniedError(FaceAnonyMixerError, PermissionError):
+    """The key id was not issued to the caller's tenant. Says nothing about whether it exists."""
+
+    exit_code = 5
+
+
+class KeyStoreError(FaceAnonyMixerError):
+    """The key store cannot be opened or used: bad URL, missing or malformed key-encryption key,
+    a schema it cannot migrate, an unreachable database."""
+
+
+class WrongKeyEncryptionKeyError(KeyStoreError):
+    """The key-encryption key given does not open this key store."""

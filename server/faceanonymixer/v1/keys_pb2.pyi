@@ -20,7 +20,7 @@ KEY_STATE_ACTIVE: KeyState
 KEY_STATE_REVOKED: KeyState
 
 class Key(_message.Message):
-    __slots__ = ("key_id", "version", "state", "subject", "labels", "create_time", "revoke_time", "profile_id")
+    __slots__ = ("key_id", "version", "state", "subject", "labels", "create_time", "revoke_time", "profile_id", "replaces_key_id", "replaced_by_key_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,8 @@ class Key(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
     PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_BY_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     version: int
     state: KeyState
@@ -44,7 +46,9 @@ class Key(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     revoke_time: _timestamp_pb2.Timestamp
     profile_id: str
-    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[KeyState, str]] = ..., subject: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_id: _Optional[str] = ...) -> None: ...
+    replaces_key_id: str
+    replaced_by_key_id: str
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[KeyState, str]] = ..., subject: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_id: _Optional[str] = ..., replaces_key_id: _Optional[str] = ..., replaced_by_key_id: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("subject", "labels", "profile_id")
@@ -70,12 +74,10 @@ class CreateKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class RevokeKeyRequest(_message.Message):
-    __slots__ = ("key_id", "version")
+    __slots__ = ("key_id",)
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    VERSION_FIELD_NUMBER: _ClassVar[int]
     key_id: str
-    version: int
-    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
 class RevokeKeyResponse(_message.Message):
     __slots__ = ("revoked_key", "replacement_key")
@@ -86,12 +88,10 @@ class RevokeKeyResponse(_message.Message):
     def __init__(self, revoked_key: _Optional[_Union[Key, _Mapping]] = ..., replacement_key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class GetKeyRequest(_message.Message):
-    __slots__ = ("key_id", "version")
+    __slots__ = ("key_id",)
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    VERSION_FIELD_NUMBER: _ClassVar[int]
     key_id: str
-    version: int
-    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
 class GetKeyResponse(_message.Message):
     __slots__ = ("key",)
@@ -100,14 +100,16 @@ class GetKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "state")
+    __slots__ = ("page_size", "page_token", "state", "subject")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     state: KeyState
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ...) -> None: ...
+    subject: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class ListKeysResponse(_message.Message):
     __slots__ = ("keys", "next_page_token")

@@ -26,11 +26,14 @@ if _version_not_supported:
 
 
 class KeyServiceStub:
-    """KeyService manages the secret keys that protections are made with. A key has a stable id and a
-    version; revoking a key retires its current version and issues a replacement version under the
-    same id, so that templates protected with the old version stop matching. Key material is
-    generated, wrapped and kept by the server and never appears in any message. A caller sees only
-    the keys of its own tenant; the answer for another tenant's key never reveals that it exists.
+    """KeyService manages the secret keys that protections are made with. Every key has its own
+    server-assigned key_id and a version: a new key is version 1, and revoking a key retires it for
+    good and issues its replacement, a new key with a new key_id, fresh key material and the next
+    version, so that templates protected with the revoked key stop matching and the revoked key_id
+    refuses all further use. Key material is generated, wrapped and kept by the server and never
+    appears in any message. A caller sees only the keys of its own tenant; a key_id issued to
+    another tenant is refused with PERMISSION_DENIED, decided from the id alone, so the answer never
+    reveals whether that key exists.
     """
 
     def __init__(self, channel):
@@ -62,11 +65,14 @@ class KeyServiceStub:
 
 
 class KeyServiceServicer:
-    """KeyService manages the secret keys that protections are made with. A key has a stable id and a
-    version; revoking a key retires its current version and issues a replacement version under the
-    same id, so that templates protected with the old version stop matching. Key material is
-    generated, wrapped and kept by the server and never appears in any message. A caller sees only
-    the keys of its own tenant; the answer for another tenant's key never reveals that it exists.
+    """KeyService manages the secret keys that protections are made with. Every key has its own
+    server-assigned key_id and a version: a new key is version 1, and revoking a key retires it for
+    good and issues its replacement, a new key with a new key_id, fresh key material and the next
+    version, so that templates protected with the revoked key stop matching and the revoked key_id
+    refuses all further use. Key material is generated, wrapped and kept by the server and never
+    appears in any message. A caller sees only the keys of its own tenant; a key_id issued to
+    another tenant is refused with PERMISSION_DENIED, decided from the id alone, so the answer never
+    reveals whether that key exists.
     """
 
     def CreateKey(self, request, context):
@@ -77,22 +83,23 @@ class KeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeKey(self, request, context):
-        """RevokeKey revokes the current version of a key and returns it together with its replacement,
-        the new active version under the same key id.
+        """RevokeKey revokes an active key and returns it together with its replacement (a new key_id,
+        the next version). Revoking a key that is already revoked changes nothing and returns the same
+        pair again, so a retried call is safe. Errors: NOT_FOUND, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetKey(self, request, context):
-        """GetKey returns one version of a key (by default the current one). Errors: NOT_FOUND.
+        """GetKey returns one key. Errors: NOT_FOUND, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListKeys(self, request, context):
-        """ListKeys lists the key versions of the caller's tenant, page by page.
+        """ListKeys lists the keys of the caller's tenant, page by page.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,11 +137,14 @@ def add_KeyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KeyService:
-    """KeyService manages the secret keys that protections are made with. A key has a stable id and a
-    version; revoking a key retires its current version and issues a replacement version under the
-    same id, so that templates protected with the old version stop matching. Key material is
-    generated, wrapped and kept by the server and never appears in any message. A caller sees only
-    the keys of its own tenant; the answer for another tenant's key never reveals that it exists.
+    """KeyService manages the secret keys that protections are made with. Every key has its own
+    server-assigned key_id and a version: a new key is version 1, and revoking a key retires it for
+    good and issues its replacement, a new key with a new key_id, fresh key material and the next
+    version, so that templates protected with the revoked key stop matching and the revoked key_id
+    refuses all further use. Key material is generated, wrapped and kept by the server and never
+    appears in any message. A caller sees only the keys of its own tenant; a key_id issued to
+    another tenant is refused with PERMISSION_DENIED, decided from the id alone, so the answer never
+    reveals whether that key exists.
     """
 
     @staticmethod

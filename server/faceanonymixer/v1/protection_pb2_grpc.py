@@ -56,7 +56,7 @@ class ProtectionServiceServicer:
     """
 
     def ProtectFace(self, request, context):
-        """ProtectFace protects the single face in one photo under the current version of one key.
+        """ProtectFace protects the single face in one photo with one active key.
         Errors: INVALID_ARGUMENT (not an image, unsupported format, decompression bomb, too small),
         FAILED_PRECONDITION (no face or several faces; revoked key, reason KEY_REVOKED), NOT_FOUND
         (unknown key), RESOURCE_EXHAUSTED (queue full, with RetryInfo), DEADLINE_EXCEEDED, CANCELLED.

@@ -1,0 +1,162 @@
+"""The key-encryption key (KEK) that wraps every protection key at rest.
+
+Key material is stored only as AES-256-GCM ciphertext under the KEK, with associated data that
+binds it to its tenant, key id and version, so that a wrapped blob copied to another row fails to
+open. The KEK also derives (HKDF-SHA256) the sub-key that tags key ids with their tenant.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NoReturn
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from faceanonymixer.errors import KeyStoreError
+
+KEK_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+ENV_KEK_FILE = "FACEANONYMIXER_KEK_FILE"
+ENV_KEK = "FACEANONYMIXER_KEK"
+
+_PREFIX = b"faceanonymixer/v1"
+_MATERIAL_AAD = _PREFIX + b"|key-material"
+_CHECK_AAD = _PREFIX + b"|store-meta|kek-check"
+_CHECK_PLAINTEXT = b"faceanonymixer/v1 key store: the key-encryption key opens this store"
+_TAG_KEY_INFO = _PREFIX + b"|key-id-tag"
+_HOW_TO_MAKE_ONE = (
+    f"make one with `head -c 32 /dev/urandom > kek.bin` and set {ENV_KEK_FILE}=/path/to/kek.bin"
+)
+
+
+def _field(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+def material_aad(*, tenant: str, key_id: str, version: int) -> bytes:
+    """Associated data of one wrapped key: length-prefixed fields, so no two triples collide."""
+    if version < 1:
+        raise ValueError(f"key version must be 1 or more, not {version}")
+    return (
+        _MATERIAL_AAD
+        + _field(tenant.encode("utf-8"))
+        + _field(key_id.encode("utf-8"))
+        + struct.pack(">Q", version)
+    )
+
+
+class KeyEncryptionKey:
+    """32 secret bytes. Its repr never shows them, and it cannot be pickled."""
+
+    __slots__ = ("__key",)
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != KEK_BYTES:
+            size = len(key) if isinstance(key, bytes | bytearray) else type(key).__name__
+            raise KeyStoreError(f"a key-encryption key is exactly {KEK_BYTES} bytes, not {size}")
+        self.__key = key
+
+    def __repr__(self) -> str:
+        return "KeyEncryptionKey(<redacted>)"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a KeyEncryptionKey cannot be pickled")
+
+    @classmethod
+    def generate(cls) -> KeyEncryptionKey:
+        return cls(os.urandom(KEK_BYTES))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> KeyEncryptionKey:
+        """A file of exactly 32 raw bytes."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise KeyStoreError(f"{path}: cannot read the key-encryption key file ({reason})") from None
+        if len(data) != KEK_BYTES:
+            raise KeyStoreError(
+                f"{path}: a key-encryption key file holds exactly {KEK_BYTES} raw bytes, not {len(data)}; "
+                + _HOW_TO_MAKE_ONE
+            )
+        return cls(data)
+
+    @classmethod
+    def from_base64(cls, text: str) -> KeyEncryptionKey:
+        try:
+            data = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyStoreError(f"{ENV_KEK} is not valid base64; " + _HOW_TO_MAKE_ONE) from None
+        if len(data) != KEK_BYTES:
+            raise KeyStoreError(
+                f"{ENV_KEK} must hold the base64 of exactly {KEK_BYTES} bytes, not {len(data)}; "
+                + _HOW_TO_MAKE_ONE
+            )
+        return cls(data)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> KeyEncryptionKey:
+        """From ``FACEANONYMIXER_KEK_FILE`` (a 32-byte file) or ``FACEANONYMIXER_KEK`` (base64)."""
+        path = environ.get(ENV_KEK_FILE, "")
+        text = environ.get(ENV_KEK, "")
+        if path and text:
+            raise KeyStoreError(f"set only one of {ENV_KEK_FILE} and {ENV_KEK}, not both")
+        if path:
+            return cls.from_file(path)
+        if text:
+            return cls.from_base64(text)
+        raise KeyStoreError(
+            f"no key-encryption key: {ENV_KEK_FILE} and {ENV_KEK} are unset; " + _HOW_TO_MAKE_ONE
+        )
+
+    # -- key material -----------------------------------------------------------------------------
+
+    def wrap(self, material: bytes, *, tenant: str, key_id: str, version: int) -> bytes:
+        """nonce (12 bytes) + AES-256-GCM ciphertext and tag, bound to (tenant, key_id, version)."""
+        nonce = os.urandom(NONCE_BYTES)
+        aad = material_aad(tenant=tenant, key_id=key_id, version=version)
+        return nonce + AESGCM(self.__key).encrypt(nonce, material, aad)
+
+    def unwrap(self, blob: bytes, *, tenant: str, key_id: str, version: int) -> bytes:
+        aad = material_aad(tenant=tenant, key_id=key_id, version=version)
+        plaintext = self._open(blob, aad)
+        if plaintext is None:
+            raise KeyStoreError(
+                f"key material of {key_id} failed authentication (a different key-encryption key, "
+                "or the stored record was altered or moved)"
+            )
+        return plaintext
+
+    # -- the store's check value ------------------------------------------------------------------
+
+    def make_check(self) -> bytes:
+        """A value only this KEK opens; the store keeps it to refuse a wrong KEK at open."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + AESGCM(self.__key).encrypt(nonce, _CHECK_PLAINTEXT, _CHECK_AAD)
+
+    def opens_check(self, blob: bytes) -> bool:
+        return self._open(blob, _CHECK_AAD) == _CHECK_PLAINTEXT
+
+    # -- derived keys -----------------------------------------------------------------------------
+
+    def key_id_tag_key(self) -> bytes:
+        """The HMAC key that tags key ids with their tenant (HKDF-SHA256, no salt)."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_TAG_KEY_INFO).derive(self.__key)
+
+    def _open(self, blob: bytes, aad: bytes) -> bytes | None:
+        if not isinstance(blob, bytes) or len(blob) < NONCE_BYTES + TAG_BYTES:
+            return None
+        try:
+            return AESGCM(self.__key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        except InvalidTag:
+            return None

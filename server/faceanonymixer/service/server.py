@@ -1,0 +1,159 @@
+"""``faceanonymixer serve``: the grpc.aio server, from start-up checks to graceful shutdown.
+
+Start-up refuses early and clearly (unsafe settings, wrong key-encryption key, a port it cannot
+bind); health reports NOT_SERVING until every engine worker has loaded its models and again from
+the moment SIGTERM arrives; in-flight calls then get ``shutdown_grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from faceanonymixer.engine import ProtectionEngine
+from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
+from faceanonymixer.profiles import get_profile
+from faceanonymixer.service.auth import Authenticator, server_credentials
+from faceanonymixer.service.logs import configure_json_logging
+from faceanonymixer.service.metrics import ServiceMetrics
+from faceanonymixer.service.servicers import CallGuard, KeyServicer, ProtectionServicer
+from faceanonymixer.service.settings import ServiceSettings, SettingsError, split_address
+from faceanonymixer.service.workers import EnginePool
+from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
+
+log = logging.getLogger("faceanonymixer.service")
+
+SERVICE_NAMES = (
+    protection_pb2.DESCRIPTOR.services_by_name["ProtectionService"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+)
+
+
+def engine_factory(settings: ServiceSettings) -> Callable[[], ProtectionEngine]:
+    """Checks the profile and overrides now, so that a typo fails start-up, not the first call."""
+    profile = get_profile(settings.profile)
+    try:
+        optimisation = profile.optimisation.with_overrides(**settings.optimisation)
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"invalid configuration: optimisation: {error}") from None
+
+    def build() -> ProtectionEngine:
+        from faceanonymixer.recognizers import default_device
+
+        device = settings.device or default_device()
+        return ProtectionEngine(profile, optimisation=optimisation, device=device)
+
+    return build
+
+
+async def serve(settings: ServiceSettings, kek: KeyEncryptionKey) -> None:
+    """Run until SIGTERM or SIGINT. Raises typed errors for anything that stops start-up."""
+    configure_json_logging(settings.log_level)
+    settings.check_safe_to_serve()
+    build_engine = engine_factory(settings)
+    store = KeyStore.open(settings.keystore, kek)
+    try:
+        await _serve_with(settings, store, build_engine)
+    finally:
+        store.close()
+
+
+async def _serve_with(
+    settings: ServiceSettings, store: KeyStore, build_engine: Callable[[], ProtectionEngine]
+) -> None:
+    metrics = ServiceMetrics()
+    pool = EnginePool(
+        build_engine,
+        workers=settings.workers,
+        queue_size=settings.queue_size,
+        torch_threads=settings.torch_threads,
+    )
+    metrics.watch(lambda: pool.queue_depth, lambda: pool.busy_workers)
+    limits = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+    ]
+    server = grpc.aio.server(options=limits)
+    guard = CallGuard(Authenticator(settings.tokens), metrics)
+    protection_pb2_grpc.add_ProtectionServiceServicer_to_server(
+        ProtectionServicer(settings, store, pool, guard), server
+    )
+    keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(settings, store, guard), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    credentials = server_credentials(settings)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError as error:
+        raise SettingsError(f"cannot listen on {settings.listen}: {error}") from None
+    host, _ = split_address(settings.listen)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    await server.start()
+    if not guard.authenticator.enabled:
+        log.warning("authentication is off: no bearer tokens configured (loopback only)")
+    log.info(
+        "listening",
+        extra={
+            "fields": {
+                "address": address,
+                "tls": credentials is not None,
+                "mtls": settings.tls_client_ca_file is not None,
+            }
+        },
+    )
+    if settings.metrics_listen:
+        metrics_port = metrics.serve(settings.metrics_listen)
+        log.info("metrics", extra={"fields": {"port": metrics_port}})
+    try:
+        pool.start()
+        loading = asyncio.ensure_future(pool.wait_ready())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            loading.result()  # raises when an engine failed to load
+            await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+            log.info(
+                "serving",
+                extra={
+                    "fields": {
+                        "profile": settings.profile,
+                        "workers": settings.workers,
+                        "queue_size": settings.queue_size,
+                    }
+                },
+            )
+            await stopping
+        else:
+            loading.cancel()
+    finally:
+        log.info("shutting down", extra={"fields": {"grace_seconds": settings.shutdown_grace_seconds}})
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace_seconds)
+        await asyncio.to_thread(pool.stop, settings.shutdown_grace_seconds)
+        log.info("stopped")
+
+
+async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
+    for name in ("", *SERVICE_NAMES):
+        await servicer.set(name, status)
