@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 #: the labelled photo sets beside the repository; FACEANONYMIXER_FACES points elsewhere
 FACES_ROOT = Path(
@@ -22,3 +25,37 @@ def faces_root() -> Path:
             f"real face photos not found at {FACES_ROOT} (set FACEANONYMIXER_FACES to the shared folder)"
         )
     return FACES_ROOT
+
+
+#: admin URL of the PostgreSQL server the real-database tests use (CI has one at this address)
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FACEANONYMIXER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="module")
+def postgres_database() -> Iterator[sa.URL]:
+    """A fresh PostgreSQL database for this module, dropped afterwards.
+
+    Without a reachable server the tests that use it are skipped, except with CI=true, where
+    that is a failure.
+    """
+    admin_url = sa.make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    name = f"fam_test_{secrets.token_hex(6)}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as error:
+        admin.dispose()
+        shown = admin_url.render_as_string(hide_password=True)
+        reason = f"PostgreSQL at {shown} is unreachable ({str(error.orig).strip()})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI=true needs it")
+        pytest.skip(f"{reason}; set FACEANONYMIXER_TEST_POSTGRES to an admin URL to run these tests")
+    try:
+        yield admin_url.set(database=name)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

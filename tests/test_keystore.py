@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pickle
 import secrets
 import subprocess
 import sys
@@ -38,9 +39,6 @@ from faceanonymixer.keystore import key_ids as key_ids_module
 from faceanonymixer.keystore.key_ids import KeyIds
 from faceanonymixer.keystore.schema import VERSION_TABLE, metadata
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "FACEANONYMIXER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
 KEK_BYTES = bytes(range(32))
 ACTOR = "tests"
 
@@ -67,30 +65,6 @@ class Backend:
             self.execute("DROP TRIGGER audit_events_no_delete")
         else:
             self.execute("DROP TRIGGER audit_events_append_only ON audit_events")
-
-
-@pytest.fixture(scope="module")
-def postgres_database() -> Iterator[sa.URL]:
-    """A fresh PostgreSQL database for this module, dropped afterwards."""
-    admin_url = sa.make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg")
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    name = f"fam_ks_{secrets.token_hex(6)}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as error:
-        admin.dispose()
-        shown = admin_url.render_as_string(hide_password=True)
-        reason = f"PostgreSQL at {shown} is unreachable ({str(error.orig).strip()})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI=true needs it")
-        pytest.skip(f"{reason}; set FACEANONYMIXER_TEST_POSTGRES to an admin URL to run these tests")
-    try:
-        yield admin_url.set(database=name)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -353,7 +327,7 @@ def test_wrapped_material_is_bound_to_tenant_id_and_version() -> None:
     with pytest.raises(KeyStoreError, match="failed authentication"):
         KeyEncryptionKey(os.urandom(32)).unwrap(blob, tenant="t", key_id="fk_a", version=2)
     with pytest.raises(TypeError):
-        __import__("pickle").dumps(kek)
+        pickle.dumps(kek)
 
 
 def test_key_ids_carry_their_tenant() -> None:

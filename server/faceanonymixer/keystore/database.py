@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,14 @@ from faceanonymixer.keystore.schema import VERSION_TABLE
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_S = 10.0
+#: seconds to wait for a PostgreSQL connection (unless the URL sets connect_timeout)
+CONNECT_TIMEOUT_S = 10
 #: pg_advisory_xact_lock key that serialises migrations of replicas ("FAMKS")
-_MIGRATION_LOCK = 0x46414D4B53
+_PG_MIGRATION_LOCK_KEY = 0x46414D4B53
 _WRITE = "faceanonymixer_keystore_write"
+#: alembic keeps its running migration context in module globals, so one process migrates one
+#: store at a time; taken before the database's own lock, always in that order
+MIGRATION_LOCK = threading.Lock()
 
 
 def safe_url(url: URL | str) -> str:
@@ -75,7 +81,13 @@ def create(url: URL) -> Engine:
     """An engine for a URL from ``parse_url``; makes the SQLite file's folder."""
     if url.get_backend_name() == "sqlite":
         return _create_sqlite(url)
-    return create_engine(url, hide_parameters=True, pool_pre_ping=True)
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
+        return create_engine(url, hide_parameters=True, pool_pre_ping=True, connect_args=connect_args)
+    except ImportError:
+        raise KeyStoreError(
+            "a PostgreSQL key store needs the psycopg driver: pip install 'psycopg[binary]'"
+        ) from None
 
 
 def _create_sqlite(url: URL) -> Engine:
@@ -134,9 +146,12 @@ def read_transaction(engine: Engine, *, snapshot: bool = False) -> Iterator[Conn
 
 
 def migrate(connection: Connection) -> None:
-    """Upgrade the schema to the newest migration, inside the caller's write transaction."""
+    """Upgrade the schema to the newest migration, inside the caller's write transaction.
+
+    The caller holds ``MIGRATION_LOCK`` (taken before the transaction began).
+    """
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
     config.set_main_option("path_separator", "os")

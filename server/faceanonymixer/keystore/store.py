@@ -133,7 +133,7 @@ class KeyStore:
         shown = database.safe_url(parsed)
         engine = database.create(parsed)
         try:
-            with database.write_transaction(engine) as connection:
+            with database.MIGRATION_LOCK, database.write_transaction(engine) as connection:
                 database.migrate(connection)
                 cls._check_kek(connection, kek, shown)
         except FaceAnonyMixerError:
