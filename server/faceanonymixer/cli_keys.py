@@ -250,11 +250,11 @@ def audit(
             if not report.ok:
                 raise typer.Exit(1)
             return
-        events = [dataclasses.asdict(event) for event in store.audit_events()]
+        events = [{**dataclasses.asdict(event), "at": event.at.isoformat()} for event in store.audit_events()]
 
         def render_events() -> None:
             for event in events:
-                typer.echo(json.dumps(event, default=str))
+                typer.echo(json.dumps(event))
 
         emit(as_json, {"events": events}, render_events)
 

@@ -17,7 +17,7 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from faceanonymixer.errors import InvalidImageError
 
@@ -125,8 +125,31 @@ def _read_file(path: Path, limits: ImageLimits) -> bytes:
         raise InvalidImageError(f"cannot read {path}: permission denied") from error
 
 
+#: EXIF Orientation -> the transpose that shows the photo upright
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """The pixels turned upright by the EXIF Orientation tag.
+
+    Only the pixels are kept, so unlike ``ImageOps.exif_transpose`` this never writes the EXIF block
+    back, which raises struct.error / TypeError for untrusted files whose tags have unexpected types.
+    """
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
 def _to_rgb_array(image: Image.Image) -> RGBImage:
-    image = ImageOps.exif_transpose(image)
+    image = _apply_exif_orientation(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grey: scale to 8 bits instead of clipping.
         wide = np.asarray(image, dtype=np.float64)

@@ -69,14 +69,15 @@ class CallGuard:
             fields["tenant"] = self.authenticator.tenant(context.invocation_metadata())
             yield fields
         except asyncio.CancelledError:
-            code = "CANCELLED"
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
             raise
         except Exception as error:
             status = status_for(_deadline_as_status(error))
             code = code_pb2.Code.Name(status.code)
-            if code == "INTERNAL":
-                log.exception("unexpected error", extra={"fields": fields})
             fields["reason"] = _reason(status)
+            if fields["reason"] in (Reason.INTERNAL, Reason.KEY_STORE_UNAVAILABLE):
+                log.exception("unexpected error", extra={"fields": fields})
             await abort(context, status)
         finally:
             seconds = time.perf_counter() - started
@@ -99,6 +100,7 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServiceServicer):
         async with self.guard.call(context, "ProtectFace") as fields:
             received = time.perf_counter()
             options = self._options(request)
+            self.pool.check_admission(cost=1, deadline=_deadline(context))
             record, key = await self._key(fields["tenant"], request.key_id, fields)
             photo, decode = await _decode_one(request.image, "image")
             if isinstance(photo, InvalidImageError):
@@ -123,6 +125,7 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServiceServicer):
                 raise InvalidRequestError(
                     f"at most {self.settings.max_images_per_request} photos per call", field="images"
                 )
+            self.pool.check_admission(cost=len(request.images), deadline=_deadline(context))
             record, key = await self._key(fields["tenant"], request.key_id, fields)
             decoded = await asyncio.gather(
                 *(_decode_one(image, f"images[{index}]") for index, image in enumerate(request.images))
@@ -180,11 +183,9 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServiceServicer):
         options: OutputOptions,
         context: grpc.aio.ServicerContext,
     ) -> tuple[list[ProtectedPhoto | FaceAnonyMixerError], float]:
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
         return await self.pool.run(
             lambda engine, should_stop: protect_photos(engine, photos, key, options, should_stop),
-            deadline=deadline,
+            deadline=_deadline(context),
             cost=len(photos),
         )
 
@@ -238,6 +239,12 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         async with self.guard.call(context, "ListKeys") as fields:
             return await asyncio.to_thread(key_operations.list_keys, self.store, fields["tenant"], request)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant (None: the caller set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 async def _decode_one(data: bytes, field: str) -> tuple[RGBImage | InvalidImageError, float]:

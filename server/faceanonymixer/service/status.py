@@ -22,6 +22,7 @@ from faceanonymixer.errors import (
     KeyAccessDeniedError,
     KeyNotFoundError,
     KeyRevokedError,
+    KeyStoreError,
     MultipleFacesError,
     NoFaceError,
     ProtectionCancelledError,
@@ -47,6 +48,7 @@ class Reason(StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
     NOT_SERVING = "NOT_SERVING"
+    KEY_STORE_UNAVAILABLE = "KEY_STORE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
@@ -107,6 +109,9 @@ def status_for(error: BaseException) -> status_pb2.Status:
         return rich_status(code_pb2.PERMISSION_DENIED, str(error), Reason.KEY_ACCESS_DENIED)
     if isinstance(error, InvalidKeyError):
         return rich_status(code_pb2.INVALID_ARGUMENT, str(error), Reason.INVALID_ARGUMENT, field="key_id")
+    if isinstance(error, KeyStoreError):  # the database went away: worth a retry; details stay in the log
+        message = "the key store is unavailable"
+        return rich_status(code_pb2.UNAVAILABLE, message, Reason.KEY_STORE_UNAVAILABLE, retry_after=1.0)
     if isinstance(error, ProtectionCancelledError):
         return rich_status(code_pb2.CANCELLED, str(error), Reason.CANCELLED)
     return rich_status(code_pb2.INTERNAL, "internal error", Reason.INTERNAL)

@@ -124,6 +124,24 @@ class EnginePool:
         ``deadline`` is a ``time.monotonic()`` instant; ``cost`` the number of photos, for
         estimates. Cancelling the awaiting task cancels the job.
         """
+        self.check_admission(cost=cost, deadline=deadline)
+        loop = asyncio.get_running_loop()
+        job: _Job[T] = _Job(work, deadline, cost, loop, loop.create_future())
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise _queue_full(self._retry_after()) from None
+        try:
+            result = await job.future
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+        started = job.started_at if job.started_at is not None else job.enqueued_at
+        return result, started - job.enqueued_at
+
+    def check_admission(self, *, cost: int = 1, deadline: float | None = None) -> None:
+        """Raise the refusal :meth:`run` would give now (not ready, deadline too short, queue
+        full), so that callers can refuse before decoding anything."""
         if not self.ready:
             raise ServiceError(_not_serving("the models are still loading"))
         estimate = self._estimate(cost)
@@ -136,28 +154,8 @@ class EnginePool:
                     metadata={"estimated_seconds": f"{estimate:.3f}"},
                 )
             )
-        loop = asyncio.get_running_loop()
-        job: _Job[T] = _Job(work, deadline, cost, loop, loop.create_future())
-        try:
-            if not self._has_room():
-                raise queue.Full
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise ServiceError(
-                rich_status(
-                    code_pb2.RESOURCE_EXHAUSTED,
-                    "the server is busy: the request queue is full",
-                    Reason.QUEUE_FULL,
-                    retry_after=self._retry_after(),
-                )
-            ) from None
-        try:
-            result = await job.future
-        except asyncio.CancelledError:
-            job.cancelled.set()
-            raise
-        started = job.started_at if job.started_at is not None else job.enqueued_at
-        return result, started - job.enqueued_at
+        if not self._has_room():
+            raise _queue_full(self._retry_after())
 
     def _has_room(self) -> bool:
         with self._lock:
@@ -227,6 +225,17 @@ class EnginePool:
             self._seconds_per_photo = (
                 per_photo if previous is None else (1 - _SMOOTHING) * previous + _SMOOTHING * per_photo
             )
+
+
+def _queue_full(retry_after: float) -> ServiceError:
+    return ServiceError(
+        rich_status(
+            code_pb2.RESOURCE_EXHAUSTED,
+            "the server is busy: the request queue is full",
+            Reason.QUEUE_FULL,
+            retry_after=retry_after,
+        )
+    )
 
 
 def _not_serving(message: str) -> Any:
