@@ -32,7 +32,7 @@ from service_harness import ServerProcess, stubs
 from faceanonymixer.v1 import keys_pb2, protection_pb2
 
 DEFAULT_PHOTO = (
-    Path(__file__).resolve().parents[2] / "shared" / "faces" / "fr_examples" / "biden" / "img1.jpg"
+    Path(__file__).resolve().parents[2] / "shared" / "faces" / "fr_examples" / "biden" / "biden.jpg"
 )
 
 
@@ -129,7 +129,6 @@ def main() -> None:
             "workers": args.workers,
             "queue_size": args.queue_size,
             "optimisation": optimisation,
-            "log_level": "WARNING",
         }
         with ServerProcess(workdir, kek, settings).running() as server, stubs(server.address) as (_, keys, _):
             key_id = keys.CreateKey(keys_pb2.CreateKeyRequest(subject="bench")).key.key_id
