@@ -111,5 +111,6 @@ def main() -> None:
     print(f"achieved in the loop      {achieved:.1f} GFLOP/s (batch 1)")
     print(f"float32 matmul 2048^3     {matmul:.1f} GFLOP/s")
 
+
 if __name__ == "__main__":
     main()
