@@ -1,16 +1,22 @@
-"""Typed errors of the engine. Each maps to one row of the error table in ARCHITECTURE.md."""
+"""Typed errors of the engine. Each maps to one row of the error table in ARCHITECTURE.md.
+
+Each subclasses the client SDK's error of the same row (``faceanonymixer_client.errors``), so
+``except KeyRevokedError`` from the SDK catches a local engine's refusal and a server's alike.
+"""
 
 from __future__ import annotations
 
+from faceanonymixer_client import errors as sdk
 
-class FaceAnonyMixerError(Exception):
+
+class FaceAnonyMixerError(sdk.FaceAnonyMixerError):
     """Base class of every error the engine raises on purpose."""
 
     #: exit code of the CLI for this kind of error
     exit_code: int = 1
 
 
-class InvalidImageError(FaceAnonyMixerError, ValueError):
+class InvalidImageError(FaceAnonyMixerError, sdk.InvalidImageError):
     """Not an image, an unsupported or truncated file, a decompression bomb, or too small/large."""
 
     exit_code = 2
@@ -21,17 +27,17 @@ class InvalidImageError(FaceAnonyMixerError, ValueError):
         self.field = field
 
 
-class FacePolicyError(FaceAnonyMixerError):
+class FacePolicyError(FaceAnonyMixerError, sdk.FacePolicyError):
     """The image is valid but the face policy cannot be met (no face, or several)."""
 
     exit_code = 3
 
 
-class NoFaceError(FacePolicyError):
+class NoFaceError(FacePolicyError, sdk.NoFaceError):
     """No face was found in the image."""
 
 
-class MultipleFacesError(FacePolicyError):
+class MultipleFacesError(FacePolicyError, sdk.MultipleFacesError):
     """Several faces were found and the policy asks for exactly one."""
 
     def __init__(self, message: str, *, count: int) -> None:
@@ -49,11 +55,11 @@ class InvalidKeyError(FaceAnonyMixerError, ValueError):
     exit_code = 4
 
 
-class ProtectionCancelledError(FaceAnonyMixerError):
+class ProtectionCancelledError(FaceAnonyMixerError, sdk.CancelledError):
     """The caller cancelled the protection (or its deadline passed); nothing was produced."""
 
 
-class InvalidRequestError(FaceAnonyMixerError, ValueError):
+class InvalidRequestError(FaceAnonyMixerError, sdk.InvalidArgumentError):
     """A request field other than the image is malformed (a page token, a size, an empty list)."""
 
     exit_code = 2
@@ -64,19 +70,19 @@ class InvalidRequestError(FaceAnonyMixerError, ValueError):
         self.field = field
 
 
-class KeyNotFoundError(FaceAnonyMixerError, LookupError):
+class KeyNotFoundError(FaceAnonyMixerError, sdk.KeyNotFoundError):
     """No key with this id exists in the caller's tenant."""
 
     exit_code = 4
 
 
-class KeyRevokedError(FaceAnonyMixerError):
+class KeyRevokedError(FaceAnonyMixerError, sdk.KeyRevokedError):
     """The key version was revoked; it refuses all use."""
 
     exit_code = 4
 
 
-class KeyAccessDeniedError(FaceAnonyMixerError, PermissionError):
+class KeyAccessDeniedError(FaceAnonyMixerError, sdk.PermissionDeniedError):
     """The key id was not issued to the caller's tenant. Says nothing about whether it exists."""
 
     exit_code = 5

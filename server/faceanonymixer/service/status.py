@@ -7,7 +7,6 @@ on); bad fields add a ``BadRequest`` field violation, a full queue a ``RetryInfo
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 from typing import NoReturn
 
 import grpc
@@ -27,29 +26,7 @@ from faceanonymixer.errors import (
     NoFaceError,
     ProtectionCancelledError,
 )
-
-DOMAIN = "faceanonymixer.v1"
-
-
-class Reason(StrEnum):
-    """``ErrorInfo.reason`` values: part of the contract, never renamed."""
-
-    INVALID_IMAGE = "INVALID_IMAGE"
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    NO_FACE = "NO_FACE"
-    MULTIPLE_FACES = "MULTIPLE_FACES"
-    KEY_NOT_FOUND = "KEY_NOT_FOUND"
-    KEY_REVOKED = "KEY_REVOKED"
-    KEY_ACCESS_DENIED = "KEY_ACCESS_DENIED"
-    PROFILE_MISMATCH = "PROFILE_MISMATCH"
-    UNAUTHENTICATED = "UNAUTHENTICATED"
-    QUEUE_FULL = "QUEUE_FULL"
-    DEADLINE_TOO_SHORT = "DEADLINE_TOO_SHORT"
-    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-    CANCELLED = "CANCELLED"
-    NOT_SERVING = "NOT_SERVING"
-    KEY_STORE_UNAVAILABLE = "KEY_STORE_UNAVAILABLE"
-    INTERNAL = "INTERNAL"
+from faceanonymixer_client.errors import DOMAIN, Reason
 
 
 class ServiceError(Exception):
