@@ -152,12 +152,10 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def error_reason(error: grpc.RpcError) -> str:
-    from grpc_status import rpc_status
+    """The ``ErrorInfo.reason`` of a failed call, as the SDK reads it."""
+    from faceanonymixer_client.errors import error_from_rpc
 
-    from faceanonymixer.cli_remote import status_reason
-
-    assert isinstance(error, grpc.Call)
-    return status_reason(rpc_status.from_call(error))
+    return error_from_rpc(error).reason
 
 
 def health_status(channel: grpc.Channel, service: str = "") -> str:

@@ -40,12 +40,12 @@ from service_harness import (
 from typer.testing import CliRunner
 
 from faceanonymixer.cli import app
-from faceanonymixer.cli_remote import status_reason
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.keystore.schema import keys as keys_table
 from faceanonymixer.profiles import get_profile
 from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2
 from faceanonymixer.weights import committed_weights
+from faceanonymixer_client.errors import error_from_status
 
 BACKENDS = ["sqlite", "postgresql"]
 #: seconds any one gRPC call may take (a protection on a busy 2-core machine included)
@@ -373,7 +373,7 @@ def test_protect_faces_reports_each_photo_on_its_own(lifecycle: Lifecycle, photo
     assert sorted(by_index) == [0, 1, 2] and len(lifecycle.batch) == 3
     broken = by_index[1]
     assert broken.status.code == code_pb2.INVALID_ARGUMENT
-    assert status_reason(broken.status) == "INVALID_IMAGE"
+    assert error_from_status(broken.status).reason == "INVALID_IMAGE"
     violations = []
     for detail in broken.status.details:
         bad_request = error_details_pb2.BadRequest()

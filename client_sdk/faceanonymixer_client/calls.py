@@ -131,10 +131,12 @@ def key_infos(reply: keys_pb2.ListKeysResponse) -> list[KeyInfo]:
     return [KeyInfo.from_message(key) for key in reply.keys]
 
 
-def images_or_raise(results: list[Protection | FaceAnonyMixerError], return_exceptions: bool) -> list[Any]:
-    """The images of ``results``; the first error is raised unless ``return_exceptions``."""
+def raise_first_error(
+    results: list[Protection | FaceAnonyMixerError], return_exceptions: bool
+) -> list[Protection | FaceAnonyMixerError]:
+    """``results`` as they are with ``return_exceptions``; else the first error is raised."""
     if not return_exceptions:
         for result in results:
             if isinstance(result, FaceAnonyMixerError):
                 raise result
-    return [result if isinstance(result, FaceAnonyMixerError) else result.image for result in results]
+    return results

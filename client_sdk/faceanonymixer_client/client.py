@@ -143,6 +143,31 @@ class ProtectionClient:
         """Several photos of one person, protected together in one call (consistent enrollment):
         the protected images in order. A photo that fails raises its error, or with
         ``return_exceptions`` stands in the list as its error."""
+        results = self.protect_subject_detailed(
+            images,
+            key_id,
+            channel_order=channel_order,
+            paste_back=paste_back,
+            output_size=output_size,
+            output_format=output_format,
+            timeout=timeout,
+            return_exceptions=return_exceptions,
+        )
+        return [result.image if isinstance(result, Protection) else result for result in results]
+
+    def protect_subject_detailed(
+        self,
+        images: Sequence[Any],
+        key_id: str,
+        *,
+        channel_order: ChannelOrder | None = None,
+        paste_back: bool = True,
+        output_size: int = 0,
+        output_format: str | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """As :meth:`protect_subject`, each with its key version, profile, face box and timings."""
         request, wires = calls.faces_request(
             images,
             key_id,
@@ -154,7 +179,7 @@ class ProtectionClient:
         replies = self._call(
             lambda target, left: list(target.protection.ProtectFaces(request, **self._kw(left))), timeout
         )
-        return calls.images_or_raise(calls.subject_protections(replies, wires), return_exceptions)
+        return calls.raise_first_error(calls.subject_protections(replies, wires), return_exceptions)
 
     def protect_many(
         self,

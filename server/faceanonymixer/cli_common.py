@@ -7,19 +7,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import grpc
 import typer
 
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer_client.errors import FaceAnonyMixerError, error_from_rpc
 
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Typed errors become one line on stderr and the exit code of ARCHITECTURE.md's table."""
+    """Typed errors (the engine's, and a server's refusals) become one line on stderr and the exit
+    code of ARCHITECTURE.md's table."""
     try:
         yield
     except FaceAnonyMixerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    except grpc.RpcError as exc:  # a raw stub's call (the key commands)
+        error = error_from_rpc(exc)
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(error.exit_code) from None
     except (NotADirectoryError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -22,7 +22,6 @@ from faceanonymixer.cli_remote import (
     TlsCertOption,
     TlsKeyOption,
     TokenOption,
-    one_line_rpc_errors,
 )
 from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc
 
@@ -60,7 +59,7 @@ class KeyTarget:
         """Yields ``call(method_name, request) -> response``."""
         if self.remote is not None:
             remote = self.remote
-            with remote.channel() as channel, one_line_rpc_errors():
+            with one_line_errors(), remote.channel() as channel:
                 stub = keys_pb2_grpc.KeyServiceStub(channel)
                 yield lambda name, request: getattr(stub, name)(request, metadata=remote.metadata, timeout=30)
             return

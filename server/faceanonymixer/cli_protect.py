@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faceanonymixer.cli_remote import Remote, RemoteItemError, one_line_rpc_errors
+from faceanonymixer.cli_remote import Remote
 from faceanonymixer.imageio import RGBImage, decode_image_bytes
 from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer_client import Protection
 
 
 @dataclass
@@ -64,43 +65,20 @@ def protect_remotely(
     remote: Remote, images: list[Path], key_id: str, *, paste_back: bool, timeout: float
 ) -> list[ProtectedOutput]:
     """One photo: ProtectFace; several: ProtectFaces (joint enrollment). Any failure fails all."""
-    from faceanonymixer.errors import InvalidImageError
-    from faceanonymixer.v1 import protection_pb2, protection_pb2_grpc
-
-    try:
-        photos = [path.read_bytes() for path in images]
-    except OSError as error:
-        raise InvalidImageError(f"{error.filename}: cannot read ({error.strerror})") from None
-    with remote.channel() as channel, one_line_rpc_errors():
-        stub = protection_pb2_grpc.ProtectionServiceStub(channel)
-        if len(photos) == 1:
-            request = protection_pb2.ProtectFaceRequest(image=photos[0], key_id=key_id, paste_back=paste_back)
-            replies = [stub.ProtectFace(request, metadata=remote.metadata, timeout=timeout)]
+    options: dict[str, Any] = {"paste_back": paste_back, "output_format": "png"}
+    with remote.client(timeout) as client:
+        if len(images) == 1:
+            results = [client.protect_detailed(images[0], key_id, **options)]
         else:
-            request_many = protection_pb2.ProtectFacesRequest(
-                images=photos, key_id=key_id, paste_back=paste_back
-            )
-            stream = stub.ProtectFaces(request_many, metadata=remote.metadata, timeout=timeout)
-            replies = _in_order(list(stream), images)
+            results = client.protect_subject_detailed(images, key_id, **options)
     return [
         ProtectedOutput(
-            pixels=decode_image_bytes(reply.image),
-            profile_id=reply.profile_id,
-            key_id=reply.key_id,
-            key_version=reply.key_version,
-            report={"seconds": round(reply.timings.total.ToTimedelta().total_seconds(), 3)},
+            pixels=decode_image_bytes(result.image),
+            profile_id=result.profile_id,
+            key_id=result.key_id,
+            key_version=result.key_version,
+            report={"seconds": round(result.timings["total"], 3)},
         )
-        for reply in replies
+        for result in results
+        if isinstance(result, Protection)
     ]
-
-
-def _in_order(replies: list[Any], images: list[Path]) -> list[Any]:
-    """Stream replies by index; the first failed item fails the whole command, as locally."""
-    by_index = {reply.index: reply for reply in replies}
-    for index, path in enumerate(images):
-        reply = by_index.get(index)
-        if reply is None:
-            raise RuntimeError(f"the server sent no result for {path}")
-        if reply.status.code != 0:
-            raise RemoteItemError(path, reply.status)
-    return [by_index[index] for index in range(len(images))]
