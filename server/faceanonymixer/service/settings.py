@@ -41,7 +41,7 @@ class SettingsError(FaceAnonyMixerError):
 
 
 def default_keystore_url() -> str:
-    """The embedded default: an SQLite file in the user's data folder."""
+    """`sqlite:///$XDG_DATA_HOME/faceanonymixer/keys.db` (XDG_DATA_HOME: ~/.local/share when unset)."""
     data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return f"sqlite:///{data_home / 'faceanonymixer' / 'keys.db'}"
 
