@@ -10,7 +10,9 @@ models::
         protected = client.protect(photo_rgb, key.key_id, channel_order="RGB")  # numpy in, numpy out
 
 Put protection in front of a recognizer you already run with
-:class:`~faceanonymixer_client.recognizer.ProtectedRecognizer`.
+:class:`ProtectedRecognizer`, or the adapters with the calling conventions of face_recognition
+(:func:`protected_face_encodings`), deepface (:func:`protected_represent`) and InsightFace
+(:class:`ProtectedFaceAnalysis`).
 """
 
 from __future__ import annotations
@@ -39,10 +41,18 @@ from faceanonymixer_client.errors import (
     UnauthenticatedError,
 )
 from faceanonymixer_client.options import MAX_MESSAGE_BYTES, RetryPolicy, TlsConfig, connect
+from faceanonymixer_client.recognizer import (
+    AsyncProtectedRecognizer,
+    ProtectedFaceAnalysis,
+    ProtectedRecognizer,
+    protected_face_encodings,
+    protected_represent,
+)
 from faceanonymixer_client.results import FaceBox, KeyInfo, Protection, Revocation
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "AsyncProtectedRecognizer",
     "AsyncProtectionClient",
     "CancelledError",
     "DeadlineError",
@@ -58,6 +68,8 @@ __all__ = [
     "NoFaceError",
     "PermissionDeniedError",
     "ProfileMismatchError",
+    "ProtectedFaceAnalysis",
+    "ProtectedRecognizer",
     "Protection",
     "ProtectionClient",
     "Reason",
@@ -72,6 +84,8 @@ __all__ = [
     "connect",
     "keys_pb2",
     "keys_pb2_grpc",
+    "protected_face_encodings",
+    "protected_represent",
     "protection_pb2",
     "protection_pb2_grpc",
 ]
