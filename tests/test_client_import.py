@@ -9,14 +9,22 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "dlib", "torchvision", "cv2", "face_recognition_models")
 
+#: modules of the server side that the client must never load, with their submodules
+SERVER_SIDE = ("faceanonymixer.engine", "faceanonymixer.service", "faceanonymixer.keystore")
+
 _PROBE = textwrap.dedent(
     """
+    import asyncio
+    import importlib.util
     import sys
 
     BLOCKED = set(sys.argv[1].split(","))
+    SERVER_SIDE = tuple(sys.argv[2].split(","))
 
 
     class RefuseHeavy:
@@ -26,30 +34,55 @@ _PROBE = textwrap.dedent(
             return None
 
 
-    sys.meta_path.insert(0, RefuseHeavy())
+    if sys.argv[3] == "refuse":
+        sys.meta_path.insert(0, RefuseHeavy())
 
     import faceanonymixer
     import faceanonymixer.v1.keys_pb2_grpc
     import faceanonymixer.v1.protection_pb2
     import faceanonymixer_client
+    import faceanonymixer_client.aio
+
+    # the recognizer adapters, where this version of the SDK has them
+    if importlib.util.find_spec("faceanonymixer_client.recognizer") is not None:
+        import faceanonymixer_client.recognizer
 
     assert faceanonymixer_client.__version__ == faceanonymixer.__version__
     assert faceanonymixer_client.protection_pb2 is faceanonymixer.v1.protection_pb2
     channel = faceanonymixer_client.connect("localhost:1")
     channel.close()
-    loaded = sorted(name for name in sys.modules if name.partition(".")[0] in BLOCKED)
+    faceanonymixer_client.ProtectionClient("localhost:1", token="a-token-of-16-chars").close()
+
+
+    async def async_client():
+        client = faceanonymixer_client.AsyncProtectionClient(["localhost:1", "localhost:2"])
+        await client.close()
+
+
+    asyncio.run(async_client())
+    loaded = sorted(
+        name
+        for name in sys.modules
+        if name.partition(".")[0] in BLOCKED
+        or any(name == prefix or name.startswith(prefix + ".") for prefix in SERVER_SIDE)
+    )
     assert not loaded, loaded
     print("client import ok")
     """
 )
 
 
-def test_client_imports_without_heavy_dependencies() -> None:
+@pytest.mark.parametrize("heavy_imports", ["refuse", "allow"])
+def test_client_imports_without_heavy_dependencies(heavy_imports: str) -> None:
+    """The SDK, its asyncio client and its recognizer adapters import, and both clients are made,
+    without loading torch, dlib, OpenCV or the server's engine, service or key store: once with
+    those imports refused outright, once with them allowed (as installed), checking ``sys.modules``
+    (a module that swallowed the ImportError of the first run would show in the second)."""
     env = dict(os.environ)
     paths = [str(REPO_ROOT / folder) for folder in ("server", "client_sdk", "export")]
     env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
     result = subprocess.run(
-        [sys.executable, "-c", _PROBE, ",".join(HEAVY)],
+        [sys.executable, "-c", _PROBE, ",".join(HEAVY), ",".join(SERVER_SIDE), heavy_imports],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -57,6 +57,12 @@ def output_format_code(name: str | None, wire: WireImage) -> protection_pb2.Imag
     return OUTPUT_FORMATS[name.lower()]
 
 
+def check_output_size(output_size: int, paste_back: bool) -> None:
+    """The server sizes only the aligned face; a pasted-back photo keeps the photo's own size."""
+    if output_size and paste_back:
+        raise ValueError("output_size sizes the aligned face: pass paste_back=False with it")
+
+
 def face_request(
     image: Any,
     key_id: str,
@@ -66,6 +72,7 @@ def face_request(
     output_size: int,
     output_format: str | None,
 ) -> tuple[protection_pb2.ProtectFaceRequest, WireImage]:
+    check_output_size(output_size, paste_back)
     wire = to_wire(image, channel_order)
     request = protection_pb2.ProtectFaceRequest(
         image=wire.data,
@@ -87,6 +94,7 @@ def faces_request(
     output_format: str | None,
 ) -> tuple[protection_pb2.ProtectFacesRequest, list[WireImage]]:
     """One ProtectFaces request; its output format is the first image's when none is named."""
+    check_output_size(output_size, paste_back)
     wires = [to_wire(image, channel_order) for image in images]
     if not wires:
         raise ValueError("give at least one image")
