@@ -295,8 +295,9 @@ class Served:
 
 @pytest.fixture(scope="module")
 def main(weights: None, kek_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Two workers (for concurrent calls), no tokens (tenant "default")."""
-    server = new_server(tmp_path_factory.mktemp("main"), kek_file, workers=2)
+    """Two workers (for concurrent calls), no tokens (tenant "default"); refuses photos with
+    several faces."""
+    server = new_server(tmp_path_factory.mktemp("main"), kek_file, workers=2, multiple_faces="error")
     with server.running(), ProtectionClient(server.address) as client:
         yield Served(server, client.create_key("main", labels={"suite": "sdk"}).key_id)
 
@@ -753,16 +754,9 @@ def _multiple_faces(request: pytest.FixtureRequest) -> Observed:
 
     main, photos, client = _main(request)
     assert len(FaceAligner().detect(decoded(photos.two_faces))) == 2  # dlib sees both people
-    try:
-        protected = client.protect_detailed(photos.two_faces, main.key_id)
-    except MultipleFacesError as error:
-        assert int(error.metadata["faces"]) == 2
-        return Observed(error, "MULTIPLE_FACES")
-    assert protected.image.startswith(PNG_MAGIC)
-    pytest.xfail(
-        "the service cannot refuse several faces: its engines use FaceAligner's default policy "
-        "'largest' (no setting or request field selects 'error'), so it protected the largest face"
-    )
+    error = raised(lambda: client.protect(photos.two_faces, main.key_id))
+    assert isinstance(error, MultipleFacesError) and int(error.metadata["faces"]) == 2
+    return Observed(error, "MULTIPLE_FACES")
 
 
 def _key_not_found(request: pytest.FixtureRequest) -> Observed:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,33 +53,40 @@ app.add_typer(keys_app, name="keys")
 app.command()(serve)
 
 
-def default_demo_folder() -> Path | None:
-    """FACEANONYMIXER_FACES, else the workplace's shared example faces, if present."""
-    env = os.environ.get("FACEANONYMIXER_FACES")
-    candidates = [Path(env) / "fr_examples", Path(env)] if env else []
-    candidates.append(Path.cwd().parent / "shared" / "faces" / "fr_examples")
-    return next((c for c in candidates if c.is_dir()), None)
-
-
 @app.command()
 def demo(
-    folder: Annotated[
+    images: Annotated[
         Path | None,
-        typer.Argument(help="Folder of <identity>/<image> photos (default: the shared example faces)."),
+        typer.Option(
+            "--images",
+            help="Folder of <person>/<image> photos (default: variations of scikit-image's "
+            "public-domain astronaut photo).",
+        ),
     ] = None,
-    max_identities: Annotated[int, typer.Option(min=1, help="Identities to use.")] = 5,
-    max_images: Annotated[int, typer.Option(min=1, help="Photos per identity.")] = 4,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="New or empty folder for grid.png and summary.json (default: a new one here)."),
+    ] = None,
+    max_people: Annotated[int, typer.Option(min=1, help="People to take from --images.")] = 4,
+    max_images: Annotated[int, typer.Option(min=1, help="Photos per person from --images.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table.")] = False,
 ) -> None:
-    """Align faces and compare them with dlib's face descriptor running in PyTorch."""
-    with one_line_errors():
-        folder = folder or default_demo_folder()
-        if folder is None:
-            raise NotADirectoryError("no example faces found: pass a folder of <identity>/<image> photos")
-        from faceanonymixer.demo import run_alignment_demo
+    """Run the service in-process, protect photos under a key, revoke it, re-enroll, and judge.
 
-        result = run_alignment_demo(folder, max_identities=max_identities, max_images=max_images)
-        emit(as_json, result.to_json(), lambda: result.render(sys.stdout))
+    Shows that one person's protected photos match each other, do not match the originals, and
+    stop matching after the key is revoked; writes grid.png and summary.json into --out.
+    """
+    with one_line_errors():
+        from faceanonymixer.demo import folder_photos, prepare_out_dir, run_demo, sample_photos
+
+        photo_set = (
+            sample_photos()
+            if images is None
+            else folder_photos(images, max_people=max_people, max_images=max_images)
+        )
+        target = prepare_out_dir(out)
+        report = run_demo(photo_set, target, progress=lambda line: typer.echo(line, err=True))
+        emit(as_json, report.summary, lambda: report.render(sys.stdout))
 
 
 @app.command()

@@ -3,6 +3,9 @@
 Start-up refuses early and clearly (unsafe settings, wrong key-encryption key, a port it cannot
 bind); health reports NOT_SERVING until every engine worker has loaded its models and again from
 the moment SIGTERM arrives; in-flight calls then get ``shutdown_grace_seconds`` to finish.
+
+:func:`run_in_background` runs the same server in a thread of the calling process (the demo uses
+it): no signal handlers, stopped when its ``with`` block ends.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,10 +49,12 @@ def engine_factory(settings: ServiceSettings) -> Callable[[], ProtectionEngine]:
         raise SettingsError(f"invalid configuration: optimisation: {error}") from None
 
     def build() -> ProtectionEngine:
+        from faceanonymixer.alignment import FaceAligner
         from faceanonymixer.recognizers import default_device
 
         device = settings.device or default_device()
-        return ProtectionEngine(profile, optimisation=optimisation, device=device)
+        aligner = FaceAligner(multiple_faces=settings.multiple_faces)
+        return ProtectionEngine(profile, optimisation=optimisation, device=device, aligner=aligner)
 
     return build
 
@@ -64,9 +71,75 @@ async def serve(settings: ServiceSettings, kek: KeyEncryptionKey) -> None:
         store.close()
 
 
+@contextmanager
+def run_in_background(
+    settings: ServiceSettings, kek: KeyEncryptionKey, *, start_timeout: float = 300.0
+) -> Iterator[str]:
+    """Serve in a background thread of this process; yields the bound address once health says
+    SERVING, and stops gracefully (``shutdown_grace_seconds``) when the block ends.
+
+    Installs no signal handlers and leaves logging as the caller configured it. A failure to
+    start (bad settings, a port it cannot bind, an engine that does not load) is raised here, in
+    the caller's thread; so is a server that is not serving within ``start_timeout`` seconds.
+    """
+    settings.check_safe_to_serve()
+    build_engine = engine_factory(settings)
+    ready = threading.Event()
+    address: list[str] = []
+    failure: list[BaseException] = []
+    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def serving(bound: str) -> None:
+        address.append(bound)
+        ready.set()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        control.append((asyncio.get_running_loop(), stop))
+        store = KeyStore.open(settings.keystore, kek)
+        try:
+            await _serve_with(settings, store, build_engine, stop=stop, on_serving=serving)
+        finally:
+            store.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as error:  # handed to the caller's thread
+            failure.append(error)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="faceanonymixer-server", daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(start_timeout):
+            raise TimeoutError(f"the server was not serving within {start_timeout:g} s")
+        if failure:
+            raise failure[0]
+        if not address:
+            raise RuntimeError("the server stopped before it was serving")
+        yield address[0]
+    finally:
+        if control:
+            loop, stop = control[0]
+            with suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(stop.set)
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
 async def _serve_with(
-    settings: ServiceSettings, store: KeyStore, build_engine: Callable[[], ProtectionEngine]
+    settings: ServiceSettings,
+    store: KeyStore,
+    build_engine: Callable[[], ProtectionEngine],
+    *,
+    stop: asyncio.Event | None = None,
+    on_serving: Callable[[str], None] | None = None,
 ) -> None:
+    """Serve until ``stop`` is set; without one, until SIGTERM or SIGINT (main thread only).
+    ``on_serving`` is called with the bound address once health says SERVING."""
     metrics = ServiceMetrics()
     pool = EnginePool(
         build_engine,
@@ -104,10 +177,11 @@ async def _serve_with(
     host, _ = split_address(settings.listen)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
 
     await server.start()
     if not guard.authenticator.enabled:
@@ -143,6 +217,8 @@ async def _serve_with(
                     }
                 },
             )
+            if on_serving is not None:
+                on_serving(address)
             await stopping
         else:
             loading.cancel()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -57,6 +57,10 @@ class ServiceSettings(BaseSettings):
     )
     profile: str = Field("embedded", description="Model profile of this server and of new keys.")
     device: str | None = Field(None, description="torch device of the engines (default: CUDA when present).")
+    multiple_faces: Literal["largest", "error"] = Field(
+        "largest",
+        description="Several faces in a photo: protect the largest, or refuse (error: MULTIPLE_FACES).",
+    )
     workers: int = Field(
         1, ge=1, description="Engine worker threads; one engine (one copy of the models) each."
     )
