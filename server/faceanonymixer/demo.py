@@ -24,21 +24,19 @@ import importlib.resources
 import itertools
 import json
 import logging
-import os
-import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from faceanonymixer.errors import InvalidRequestError
+from faceanonymixer import outputs
+from faceanonymixer.outputs import write_atomic
 
 SAMPLE_PERSON = "eileen-collins"
 JUDGE_DESCRIPTION = (
@@ -147,30 +145,7 @@ def folder_photos(folder: Path, *, max_people: int, max_images: int) -> PhotoSet
 
 def prepare_out_dir(out: Path | None) -> Path:
     """``out``, or a new ``faceanonymixer-demo-<time>`` folder here; never an existing non-empty one."""
-    if out is None:
-        out = Path.cwd() / f"faceanonymixer-demo-{datetime.now():%Y%m%d-%H%M%S}"
-    if out.exists() and not out.is_dir():
-        raise InvalidRequestError(f"{out} exists and is not a folder; choose another --out", field="out")
-    if out.is_dir() and any(out.iterdir()):
-        raise InvalidRequestError(
-            f"{out} is not empty; the demo never overwrites: choose another --out", field="out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new temporary file beside ``path``, then rename it into place."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with temporary.open("xb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    return outputs.prepare_out_dir(out, default_prefix="faceanonymixer-demo")
 
 
 # ---- one person's run ------------------------------------------------------------------------

@@ -168,12 +168,15 @@ class ProtectionEngine:
         *,
         should_stop: StopCheck | None = None,
         keep_latents: bool = False,
+        optimisation: OptimisationConfig | None = None,
     ) -> list[list[ProtectionResult]]:
         """Protect every subject's photos; one optimisation batch for all of them.
 
         ``should_stop`` is called before every step; when it returns True the work stops with
-        :class:`ProtectionCancelledError` and nothing is returned.
+        :class:`ProtectionCancelledError` and nothing is returned. ``optimisation`` replaces the
+        engine's settings for this call (the evaluation's no-optimisation baseline uses it).
         """
+        config = optimisation or self.config
         faces = [face for subject in subjects for face in subject.faces]
         if not faces:
             return [[] for _ in subjects]
@@ -196,7 +199,7 @@ class ProtectionEngine:
 
         with torch.no_grad():
             original = self.recognizer(chips)
-        real = self._invert(crops, original, composite, check)
+        real = self._invert(crops, original, composite, check, config)
         inverted_at = time.perf_counter()
 
         centre = self.identity_centre
@@ -210,15 +213,15 @@ class ProtectionEngine:
             )
             synthetic.append(self.generator.mapping(z.to(self.device)).expand(int(mine.sum()), -1, -1))
             mean = original[mine].mean(dim=0, keepdim=True)
-            mapping = self.config.target_gain * key_target_map(
-                subject.key, self.profile.profile_id, mean.shape[1], self.config.target_rank
+            mapping = config.target_gain * key_target_map(
+                subject.key, self.profile.profile_id, mean.shape[1], config.target_rank
             )
             targets.append(target_identity(mean, centre, mapping.to(self.device)).expand(int(mine.sum()), -1))
         synthetic_latents = torch.cat(synthetic)
         target = torch.cat(targets)
 
         latent, trace = self._optimise(
-            real, synthetic_latents, target, original, owner, crops, composite, check
+            real, synthetic_latents, target, original, owner, crops, composite, check, config
         )
         optimised_at = time.perf_counter()
 
@@ -253,15 +256,16 @@ class ProtectionEngine:
         original: torch.Tensor,
         composite: Callable[[torch.Tensor], torch.Tensor],
         check: StopCheck,
+        config: OptimisationConfig,
     ) -> torch.Tensor:
         """Encoder, then a short refinement: pixel L1 + distance to the original identity."""
         with torch.no_grad():
             start = self.generator.mapping(self.encoder(crops).flatten(1))
-        if self.config.inversion_steps == 0:
+        if config.inversion_steps == 0:
             return start
         latent = start.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([latent], lr=self.config.inversion_learning_rate)
-        for _ in range(self.config.inversion_steps):
+        optimiser = torch.optim.Adam([latent], lr=config.inversion_learning_rate)
+        for _ in range(config.inversion_steps):
             _stop_if(check)
             generated = self.generator.synthesize(latent)
             pixel = (generated - crops).abs().mean(dim=(1, 2, 3))
@@ -281,8 +285,9 @@ class ProtectionEngine:
         crops: torch.Tensor,
         composite: Callable[[torch.Tensor], torch.Tensor],
         check: StopCheck,
+        config: OptimisationConfig,
     ) -> tuple[torch.Tensor, list[LossTrace]]:
-        config, layout = self.config, self.generator.layout
+        layout = self.generator.layout
         base = real.clone()
         key_rows = layout.rows(LatentRole.KEY)
         optimised_rows = layout.rows(LatentRole.OPTIMISED)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,27 +185,9 @@ def _from_array(array: npt.NDArray[np.generic], color_order: ColorOrder, limits:
 
 
 def write_png_atomic(path: str | Path, pixels: RGBImage) -> Path:
-    """Write ``pixels`` as a PNG at ``path`` so that readers never see a partial file.
+    """Write ``pixels`` as a PNG at ``path`` so that readers never see a partial file."""
+    from faceanonymixer.outputs import write_atomic
 
-    The image goes to a temporary file in the same folder, is flushed to disk, and is renamed
-    over ``path`` (atomic on POSIX and Windows); on any error the temporary file is removed.
-    """
-    path = Path(path)
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as out:
-        temporary = Path(out.name)
-        try:
-            Image.fromarray(pixels).save(out, format="PNG")
-            out.flush()
-            os.fsync(out.fileno())
-        except BaseException:
-            out.close()
-            temporary.unlink(missing_ok=True)
-            raise
-    try:
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return write_atomic(path, buffer.getvalue())
