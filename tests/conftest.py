@@ -18,6 +18,24 @@ FACES_ROOT = Path(
 EVALUATION_SETS = ("orl", "yale", "deepface", "fr_examples", "lfw")
 
 
+@pytest.fixture(scope="module")
+def weights() -> None:
+    """Skips where the embedded profile's committed weights are absent (a partial checkout)."""
+    from faceanonymixer.weights import committed_weights
+
+    entry = committed_weights().get("embedded-encoder")
+    if entry is None or not entry.path.is_file():
+        pytest.skip("the embedded profile's encoder weights are not committed (weights/manifest.json)")
+
+
+@pytest.fixture(scope="module")
+def kek_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh key-encryption key (32 random bytes) in a file, for the servers of one module."""
+    path = tmp_path_factory.mktemp("kek") / "kek.bin"
+    path.write_bytes(os.urandom(32))
+    return path
+
+
 @pytest.fixture(scope="session")
 def faces_root() -> Path:
     if not FACES_ROOT.is_dir():

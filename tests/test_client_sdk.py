@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import socket
 import sqlite3
 import time
@@ -47,7 +46,6 @@ from test_service_auth import issue, make_ca
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.keystore.key_ids import KeyIds
 from faceanonymixer.profiles import get_profile
-from faceanonymixer.weights import committed_weights
 from faceanonymixer_client import (
     AsyncProtectionClient,
     DeadlineError,
@@ -218,20 +216,6 @@ def new_server(workdir: Path, kek_file: Path, **settings: Any) -> ServerProcess:
 
 
 # ---- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def weights() -> None:
-    entry = committed_weights().get("embedded-encoder")
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's encoder weights are not committed (weights/manifest.json)")
-
-
-@pytest.fixture(scope="module")
-def kek_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("kek") / "kek.bin"
-    path.write_bytes(os.urandom(32))
-    return path
 
 
 @dataclass(frozen=True)

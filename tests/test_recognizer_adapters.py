@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,6 @@ from PIL import Image, ImageOps
 from service_harness import ServerProcess
 
 from faceanonymixer.evaluation.judges import DlibJudge, FaceNetJudge, facenet_crop_box, prewhiten
-from faceanonymixer.weights import committed_weights
 from faceanonymixer_client import (
     AsyncProtectionClient,
     InvalidImageError,
@@ -317,20 +315,6 @@ class RecordingResolver:
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def weights() -> None:
-    entry = committed_weights().get("embedded-encoder")
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's encoder weights are not committed (weights/manifest.json)")
-
-
-@pytest.fixture(scope="module")
-def kek_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("kek") / "kek.bin"
-    path.write_bytes(os.urandom(32))
-    return path
 
 
 @pytest.fixture(scope="module")

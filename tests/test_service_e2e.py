@@ -44,7 +44,6 @@ from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.keystore.schema import keys as keys_table
 from faceanonymixer.profiles import get_profile
 from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2
-from faceanonymixer.weights import committed_weights
 from faceanonymixer_client.errors import error_from_status
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -178,20 +177,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 # ---- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def weights() -> None:
-    entry = committed_weights().get("embedded-encoder")
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's encoder weights are not committed (weights/manifest.json)")
-
-
-@pytest.fixture(scope="module")
-def kek_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("kek") / "kek.bin"
-    path.write_bytes(os.urandom(32))
-    return path
 
 
 @dataclass(frozen=True)
@@ -784,3 +769,12 @@ def test_no_authentication_on_a_public_address_stops_start_up(tmp_path: Path, ke
     said = [line for line in lines if "without authentication" in line]
     assert len(said) == 1 and said[0].startswith("error: refusing to serve on 0.0.0.0:0"), lines
     assert not {"listening", "serving"} & set(event_names(server))
+
+
+def test_models_that_do_not_load_stop_start_up_in_one_line(tmp_path: Path, kek_file: Path) -> None:
+    settings = server_settings(f"sqlite:///{tmp_path / 'keys.db'}", device="no-such-device")
+    server = ServerProcess(tmp_path, kek_file, settings).start(wait=False)
+    assert exit_status(server) == 1
+    said = [line for line in server.log_text().splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and "the embedded models did not load" in said[0], server.log_text()
+    assert "serving" not in event_names(server)

@@ -49,6 +49,10 @@ class ModelFormatError(FaceAnonyMixerError, ValueError):
     """A weights file is not in the format its loader expects (truncated, wrong layer, bad version)."""
 
 
+class ModelLoadError(FaceAnonyMixerError):
+    """The models of a profile could not be loaded (missing weights, no such device, out of memory)."""
+
+
 class InvalidKeyError(FaceAnonyMixerError, ValueError):
     """Key material that is not 32 bytes, an unreadable key file, or a bad version."""
 

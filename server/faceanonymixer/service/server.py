@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from faceanonymixer.engine import ProtectionEngine
+from faceanonymixer.errors import FaceAnonyMixerError, ModelLoadError
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.profiles import get_profile
 from faceanonymixer.service.auth import Authenticator, server_credentials
@@ -205,7 +206,12 @@ async def _serve_with(
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
-            loading.result()  # raises when an engine failed to load
+            try:
+                loading.result()
+            except FaceAnonyMixerError:
+                raise
+            except Exception as error:  # the traceback is in the log already (workers.py)
+                raise ModelLoadError(f"the {settings.profile} models did not load: {error}") from error
             await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
             log.info(
                 "serving",
