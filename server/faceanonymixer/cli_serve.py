@@ -29,6 +29,22 @@ def serve(
         bool | None, typer.Option("--reflection/--no-reflection", help="gRPC reflection.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="Logging level (default INFO).")] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", help="Serve on Ray Serve: replicas behind Ray's gRPC proxy (needs faceanonymixer[ray])."
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --ray: the Ray cluster to join (default: RAY_ADDRESS, else a new local one)."
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: a fixed number of replicas (default: autoscale 1-4)."),
+    ] = None,
 ) -> None:
     """Serve ProtectionService and KeyService over gRPC until SIGTERM.
 
@@ -40,6 +56,21 @@ def serve(
         from faceanonymixer.service.server import serve as run_server
         from faceanonymixer.service.settings import ServiceSettings
 
+        if ray:
+            from faceanonymixer.scaleout.ray_serve import options_from, serve_ray
+            from faceanonymixer.service.settings import split_address
+
+            overrides = {
+                "keystore": keystore,
+                "profile": profile,
+                "workers": workers,
+                "queue_size": queue_size,
+                "log_level": log_level,
+            }
+            port = split_address(listen)[1] if listen else None  # Ray's proxy binds every interface
+            options = options_from(grpc_port=port, num_replicas=replicas)
+            serve_ray(config, overrides, options, ray_address=ray_address)
+            return
         settings = ServiceSettings.load(
             config,
             listen=listen,
