@@ -391,3 +391,11 @@ def crop_to_template(
     """The ``size`` x ``size`` crop whose landmarks sit on ``template``, and its photo -> crop map."""
     transform = similarity_to_template(landmarks, template)
     return warp_affine(pixels, _invert_affine(transform), (size, size), border="reflect"), transform
+
+
+def ffhq_crop(
+    pixels: RGBImage, landmarks: FloatArray, size: int, padding: float = DEFAULT_PADDING["ffhq"]
+) -> tuple[RGBImage, FloatArray]:
+    """The ``size`` x ``size`` FFHQ crop from 68-point ``landmarks``, and its photo -> crop map."""
+    transform = _ffhq_transform(landmarks, size, padding)
+    return warp_affine(pixels, _invert_affine(transform), (size, size), border="reflect"), transform

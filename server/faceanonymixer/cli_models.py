@@ -1,4 +1,4 @@
-"""``faceanonymixer models``: train, list and verify the models behind the profiles."""
+"""``faceanonymixer models``: train, list, pull and verify the models behind the profiles."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from faceanonymixer.cli_common import emit, one_line_errors
+from faceanonymixer.model_zoo import PINS_FILE, ZooModel
 
 models_app = typer.Typer(help="Train, list and verify model weights.", no_args_is_help=True)
 
@@ -80,23 +81,205 @@ def identity_stats_command(
         typer.echo(f"{target}  sha256 {sha256}")
 
 
+ModelsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--models-dir",
+        help="Folder of downloaded models (default: $FACEANONYMIXER_MODELS_DIR, else "
+        "$XDG_CACHE_HOME/faceanonymixer/models, else ~/.cache/faceanonymixer/models).",
+    ),
+]
+ManifestOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="Model zoo manifest with URLs and SHA-256 pins (default: $FACEANONYMIXER_MODEL_ZOO, "
+        "else the packaged model_zoo.json).",
+    ),
+]
+ProfileOption = Annotated[str | None, typer.Option(help="Only the models of this profile (e.g. ffhq).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _zoo_selection(names: list[str] | None, profile: str | None, manifest: Path | None) -> list[ZooModel]:
+    from faceanonymixer.model_zoo import find_model, load_manifest
+
+    models = load_manifest(manifest)
+    chosen = [find_model(name, models) for name in names] if names else list(models.values())
+    return [model for model in chosen if profile is None or profile in model.profiles]
+
+
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover - the loop always returns
+
+
+@models_app.command("list")
+def list_command(
+    profile: ProfileOption = None,
+    models_dir: ModelsDirOption = None,
+    manifest: ManifestOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the downloadable models: file, size, SHA-256 pin, whether present, licence.
+
+    Presence is a file check only; `models verify` hashes.
+    """
+    with one_line_errors():
+        from faceanonymixer.model_zoo import effective_pin, resolve_models_dir
+
+        directory = resolve_models_dir(models_dir)
+        rows = {}
+        for model in _zoo_selection(None, profile, manifest):
+            pin = effective_pin(model, directory)
+            rows[model.name] = {
+                **model.to_json(),
+                "path": str(model.path(directory)),
+                "present": model.path(directory).is_file(),
+                "pin": pin.origin if pin else None,
+            }
+
+        def render() -> None:
+            typer.echo(f"models dir: {directory}")
+            for name, row in rows.items():
+                present = "present" if row["present"] else "missing"
+                pinned = "pinned" if row["pin"] else "NO PIN"
+                typer.echo(
+                    f"{present:8} {pinned:7} {name:16} {row['file']:28} {_human_size(row['size']):>10}  "
+                    f"[{', '.join(row['profiles'])}] {row['licence']}"
+                )
+
+        emit(as_json, {"models_dir": str(directory), "models": rows}, render)
+
+
+@models_app.command("pull")
+def pull_command(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Models to pull, by name or file name (default: all).")
+    ] = None,
+    profile: ProfileOption = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option("--sha256", help="Pin the one named model to this SHA-256 (for models without one)."),
+    ] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use",
+            help="For a model without a published SHA-256: record the digest of what is downloaded "
+            f"in {PINS_FILE} next to the models, and hold the file to it from then on.",
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Download again even if the file is present.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr (on a terminal).")] = True,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds a connection or read may stall.")] = 60.0,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Resumed retries per URL after a dropped connection.")
+    ] = 5,
+    models_dir: ModelsDirOption = None,
+    manifest: ManifestOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Download models, resuming interrupted transfers, and verify each against its SHA-256 pin.
+
+    URLs are tried in the manifest's order (the authors' first, mirrors after). A file is renamed into
+    place only after its size and SHA-256 match; wrong bytes are deleted. Exit 2 on any failure.
+    """
+    with one_line_errors():
+        from faceanonymixer.model_zoo import DownloadOptions, pull_models, resolve_models_dir
+
+        directory = resolve_models_dir(models_dir)
+        results = pull_models(
+            _zoo_selection(names, profile, manifest),
+            directory,
+            sha256=sha256,
+            trust_on_first_use=trust_on_first_use,
+            force=force,
+            options=DownloadOptions(timeout=timeout, retries=retries, progress=progress),
+            notify=lambda message: typer.echo(message, err=True),
+        )
+
+        def render() -> None:
+            for result in results:
+                typer.echo(f"{result.action:10} {result.name}  {result.path}  sha256 {result.sha256}")
+
+        emit(as_json, {result.name: result.to_json() for result in results}, render)
+
+
+_LABELS = {"ok": "ok", "missing": "MISSING", "mismatch": "MISMATCH", "no pin": "NO PIN"}
+
+
+def _committed_results(names: list[str] | None) -> dict[str, dict[str, object]]:
+    from faceanonymixer.weights import committed_weights, file_sha256
+
+    results: dict[str, dict[str, object]] = {}
+    for name, entry in committed_weights().items():
+        if names is not None and name not in names:
+            continue
+        actual = file_sha256(entry.path) if entry.path.exists() else None
+        status = "missing" if actual is None else "ok" if actual == entry.sha256 else "mismatch"
+        results[name] = {
+            "file": str(entry.path),
+            "ok": status == "ok",
+            "status": status,
+            "sha256": actual,
+            "expected": entry.sha256,
+            "kind": "committed",
+            "required": True,
+            "detail": "" if status == "ok" else f"expected SHA-256 {entry.sha256}",
+        }
+    return results
+
+
 @models_app.command("verify")
 def verify_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Models to check, committed or from the zoo (default: all, as described above)."),
+    ] = None,
+    profile: ProfileOption = None,
+    models_dir: ModelsDirOption = None,
+    manifest: ManifestOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Check the SHA-256 of every committed weights file; exit 1 on any mismatch."""
-    with one_line_errors():
-        from faceanonymixer.weights import committed_weights, file_sha256
+    """Check SHA-256 (and size) of the committed weights and the zoo's files; one line per file.
 
-        results = {}
-        for name, entry in committed_weights().items():
-            actual = file_sha256(entry.path) if entry.path.exists() else None
-            results[name] = {"file": str(entry.path), "ok": actual == entry.sha256, "sha256": actual}
+    Without names: every committed weights file, and each zoo file (a zoo file not yet pulled is
+    listed as MISSING but does not fail). Named models, or --profile, must all be present. Exit 1
+    on any required file missing, and on any file that is wrong or has no pin.
+    """
+    with one_line_errors():
+        from faceanonymixer.model_zoo import resolve_models_dir, verify_model
+        from faceanonymixer.weights import committed_weights
+
+        directory = resolve_models_dir(models_dir)
+        committed = committed_weights()
+        named_zoo = [name for name in names or () if name not in committed]
+        results: dict[str, dict[str, object]] = {}
+        if profile is None:
+            results.update(_committed_results(None if names is None else list(names)))
+        if names is None or named_zoo:
+            required = names is not None or profile is not None
+            for model in _zoo_selection(named_zoo or None, profile, manifest):
+                check = verify_model(model, directory)
+                results[model.name] = {**check.to_json(), "kind": "zoo", "required": required}
 
         def render() -> None:
             for name, result in results.items():
-                typer.echo(f"{'ok' if result['ok'] else 'MISMATCH':8} {name}  {result['file']}")
+                detail = f"  {result['detail']}" if result["detail"] and not result["ok"] else ""
+                typer.echo(f"{_LABELS[str(result['status'])]:8} {name}  {result['file']}{detail}")
 
         emit(as_json, results, render)
-        if not all(result["ok"] for result in results.values()):
+        failed = [
+            result
+            for result in results.values()
+            if not result["ok"] and (result["required"] or result["status"] != "missing")
+        ]
+        if failed:
             raise typer.Exit(1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from faceanonymixer.alignment import (
     FaceAligner,
     crop_to_template,
     feather_mask,
+    ffhq_crop,
     paste_back,
 )
 from faceanonymixer.embedding import chips_to_tensor
@@ -45,8 +47,8 @@ from faceanonymixer.generators import Generator, LatentRole, load_generator
 from faceanonymixer.identity_stats import load_identity_mean
 from faceanonymixer.identity_target import key_target_map, target_identity
 from faceanonymixer.imageio import ImageInput, RGBImage, load_image
+from faceanonymixer.inverters import load_inverter
 from faceanonymixer.models.base import Recognizer
-from faceanonymixer.models.latent_encoder import LatentEncoder, load_latent_encoder
 from faceanonymixer.profiles import OptimisationConfig, Profile, get_profile
 from faceanonymixer.protection_key import ProtectionKey, key_generator
 from faceanonymixer.recognizers import load_recognizer
@@ -123,21 +125,31 @@ class ProtectionEngine:
         optimisation: OptimisationConfig | None = None,
         device: str | torch.device = "cpu",
         aligner: FaceAligner | None = None,
+        precision: Precision = "auto",
     ) -> None:
+        """``precision``: the generator's and recognizer's arithmetic inside the loops; "auto" is
+        bfloat16 on a CUDA device that supports it, float32 elsewhere. Latents, Adam and the loss
+        terms stay float32 either way."""
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.config = optimisation or self.profile.optimisation
         self.device = torch.device(device)
         self.aligner = aligner or FaceAligner()
         self.generator: Generator = load_generator(self.profile.generator, device=self.device)
         self.recognizer: Recognizer = load_recognizer(self.profile.recognizer, device=self.device)
-        encoder_entry = weights_entry(self.profile.encoder_weights)
-        self.encoder: LatentEncoder = load_latent_encoder(encoder_entry.path, sha256=encoder_entry.sha256).to(
-            self.device
-        )
-        mean_entry = weights_entry(self.profile.identity_mean)
-        self.identity_centre = load_identity_mean(mean_entry.path, sha256=mean_entry.sha256).to(self.device)
+        self.inverter = load_inverter(self.profile.encoder, self.generator, device=self.device)
+        self.identity_centre = self._identity_centre()
+        self.precision = _autocast_dtype(precision, self.device)
+        if self.device.type == "cuda":  # convolutions run faster in NHWC on tensor cores
+            self.generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.recognizer.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         size = self.generator.image_size
         self._mask = torch.from_numpy(feather_mask(size, FEATHER)[:, :, 0].astype(np.float32) / 255.0)
+
+    def _identity_centre(self) -> torch.Tensor:
+        if self.profile.identity_mean is None:
+            return torch.zeros(self.recognizer.embedding_dim, device=self.device)
+        entry = weights_entry(self.profile.identity_mean)
+        return load_identity_mean(entry.path, sha256=entry.sha256).to(self.device)
 
     # ---- preparation -------------------------------------------------------------------------
 
@@ -145,17 +157,21 @@ class ProtectionEngine:
         started = time.perf_counter()
         photo = load_image(image, limits=self.aligner.limits)
         decoded = time.perf_counter()
-        chip = self.aligner.align(photo, size=self.recognizer.input_size[0])
-        crop_pixels, crop_transform = crop_to_template(
-            photo, chip.landmarks, self.generator.landmark_template, self.generator.image_size
-        )
+        size = self.generator.image_size
+        if self.profile.alignment == "ffhq":
+            chip = self.aligner.align(photo, size=self.recognizer.input_size[0], style="ffhq")
+            crop_pixels, crop_transform = ffhq_crop(photo, chip.landmarks, size)
+        else:
+            chip = self.aligner.align(photo, size=self.recognizer.input_size[0])
+            template = self.generator.require_landmark_template()
+            crop_pixels, crop_transform = crop_to_template(photo, chip.landmarks, template, size)
         crop = AlignedFace(
             image=crop_pixels,
             landmarks=chip.landmarks,
             transform=crop_transform,
             box=chip.box,
             source_size=chip.source_size,
-            style="template",
+            style="ffhq" if self.profile.alignment == "ffhq" else "template",
         )
         grid = _chip_to_crop_grid(chip, crop, self.generator.image_size)
         return PreparedFace(photo, chip, crop, grid, decoded - started, time.perf_counter() - decoded)
@@ -259,17 +275,19 @@ class ProtectionEngine:
         config: OptimisationConfig,
     ) -> torch.Tensor:
         """Encoder, then a short refinement: pixel L1 + distance to the original identity."""
-        with torch.no_grad():
-            start = self.generator.mapping(self.encoder(crops).flatten(1))
+        with torch.no_grad(), self._autocast():
+            start = self.inverter(crops).float()
         if config.inversion_steps == 0:
             return start
         latent = start.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([latent], lr=config.inversion_learning_rate)
         for _ in range(config.inversion_steps):
             _stop_if(check)
-            generated = self.generator.synthesize(latent)
+            with self._autocast():
+                generated = self.generator.synthesize(latent).float()
+                embedded = self.recognizer(composite(generated)).float()
             pixel = (generated - crops).abs().mean(dim=(1, 2, 3))
-            identity = (self.recognizer(composite(generated)) - original).norm(dim=1)
+            identity = (embedded - original).norm(dim=1)
             optimiser.zero_grad(set_to_none=True)
             (pixel + identity).sum().backward()
             optimiser.step()
@@ -310,12 +328,14 @@ class ProtectionEngine:
         subject_sizes = torch.bincount(owner).to(real.dtype)
         several = (subject_sizes[owner] > 1).to(real.dtype)
 
+        steps: list[torch.Tensor] = []
         for _ in range(config.steps):
             _stop_if(check)
             latent = base.index_copy(1, rows, variable)
-            generated = self.generator.synthesize(latent)
-            chips = composite(generated)
-            embeddings = [self.recognizer(view(chips)) for view in views]
+            with self._autocast():
+                generated = self.generator.synthesize(latent).float()
+                chips = composite(generated)
+                embeddings = [self.recognizer(view(chips)).float() for view in views]
             plain = embeddings[0]
             anonymity = F.relu(
                 F.cosine_similarity(plain - self.identity_centre, centred_original, dim=1) - config.margin
@@ -333,13 +353,21 @@ class ProtectionEngine:
             per_face.sum().backward()
             optimiser.step()
             schedule.step()
-            values = torch.stack([per_face, anonymity, identity, attributes]).detach().cpu().tolist()
+            # kept on the device: reading them each step would stall a GPU's queue
+            steps.append(torch.stack([per_face, anonymity, identity, attributes]).detach())
+        values = torch.stack(steps).cpu().tolist() if steps else []  # (steps, 4, faces)
+        for step in values:
             for index, trace in enumerate(traces):
-                trace.total.append(values[0][index])
-                trace.anonymity.append(values[1][index])
-                trace.identity.append(values[2][index])
-                trace.attributes.append(values[3][index])
+                trace.total.append(step[0][index])
+                trace.anonymity.append(step[1][index])
+                trace.identity.append(step[2][index])
+                trace.attributes.append(step[3][index])
         return base.index_copy(1, rows, variable.detach()), traces
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type, dtype=self.precision or torch.float32, enabled=self.precision is not None
+        )
 
     def _results(
         self,
@@ -355,7 +383,7 @@ class ProtectionEngine:
         traces: list[LossTrace],
         keep_latents: bool,
     ) -> list[list[ProtectionResult]]:
-        size = self.profile.output_size
+        size = self.profile.output_size or self.generator.image_size
         images = ((generated.detach().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         target_distances = (final - target).norm(dim=1).cpu().tolist()
         original_distances = (final - original).norm(dim=1).cpu().tolist()
@@ -393,6 +421,24 @@ class ProtectionEngine:
                 index += 1
             results.append(mine)
         return results
+
+
+Precision = Literal["auto", "float32", "bfloat16"]
+
+
+def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None: plain float32.
+
+    float16 is not offered: without loss scaling its gradients underflow in a 50-step loop.
+    """
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, float32 or bfloat16, not {precision!r}")
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if cuda_bf16 else None
 
 
 def _stop_if(check: StopCheck) -> None:

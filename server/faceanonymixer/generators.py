@@ -75,13 +75,19 @@ class Generator(nn.Module):
     ``synthesize`` turns latents into RGB images (N, 3, size, size) in [-1, 1], differentiably.
     ``landmark_template`` gives dlib's five landmarks (outer/inner right eye, outer/inner left eye,
     nose base; x then y) in output pixels: where real photos must be aligned to for the encoder,
-    and how an output is pasted back into a photo.
+    and how an output is pasted back into a photo. None for a generator trained on a fixed crop
+    recipe instead (StyleGAN2 on FFHQ: its profile aligns with that recipe).
     """
 
     layout: LatentLayout
     z_dim: int
     image_size: int
-    landmark_template: npt.NDArray[np.float64]
+    landmark_template: npt.NDArray[np.float64] | None
+
+    def require_landmark_template(self) -> npt.NDArray[np.float64]:
+        if self.landmark_template is None:
+            raise ValueError(f"{type(self).__name__} has no landmark template: align with its crop recipe")
+        return self.landmark_template
 
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -146,8 +152,18 @@ _FIRST_WIDTH = 512
 
 GeneratorFactory = Callable[[], Generator]
 
+
+def _stylegan2_ffhq() -> Generator:
+    # imported here: the StyleGAN2 module builds on this one's LatentLayout
+    from faceanonymixer.model_zoo import model_path
+    from faceanonymixer.models.stylegan2 import StyleGAN2FaceGenerator, load_stylegan2
+
+    return StyleGAN2FaceGenerator(load_stylegan2(model_path("stylegan2-ffhq")))
+
+
 _REGISTRY: dict[str, GeneratorFactory] = {
     "digiface-dcgan": lambda: DigiFaceGenerator(load_digiface_dcgan()),
+    "stylegan2-ffhq": _stylegan2_ffhq,
 }
 
 

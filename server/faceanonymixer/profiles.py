@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,19 @@ class OptimisationConfig:
 @dataclass(frozen=True)
 class Profile:
     profile_id: str
+    #: names in the generator, recognizer and inverter registries
     generator: str
     recognizer: str
-    #: names in the committed weights manifest
-    encoder_weights: str
-    identity_mean: str
+    encoder: str
+    #: the recognizer's mean real-face embedding (a name in the committed weights manifest); None:
+    #: the origin (ArcFace's unit embeddings are already centred enough for the cosine)
+    identity_mean: str | None
     optimisation: OptimisationConfig = field(default_factory=OptimisationConfig)
-    #: side of the aligned protected crop returned to callers (the generator's output is upscaled)
-    output_size: int = 256
+    #: side of the aligned protected crop returned to callers; None: the generator's own size
+    output_size: int | None = 256
+    #: how photos are cut: "dlib" (the recognizer's dlib chip; the generator's crop onto its
+    #: landmark template) or "ffhq" (both with the FFHQ recipe StyleGAN2 and e4e were trained on)
+    alignment: Literal["dlib", "ffhq"] = "dlib"
 
 
 #: The DCGAN's first feature map moves too little in 50 steps at the published lr of 0.01 (tuned for
@@ -73,12 +78,29 @@ EMBEDDED = Profile(
     profile_id="embedded",
     generator="digiface-dcgan",
     recognizer="dlib",
-    encoder_weights="embedded-encoder",
+    encoder="embedded-encoder",
     identity_mean="dlib-identity-mean",
     optimisation=OptimisationConfig(learning_rate=0.05, target_gain=2.25),
 )
 
-PROFILES: dict[str, Profile] = {EMBEDDED.profile_id: EMBEDDED}
+#: The published models: StyleGAN2 FFHQ 1024 (W+ 18 x 512; rows 0-2 from the key, 3-7 optimised, 8-17
+#: the real face's), the e4e FFHQ encoder and ArcFace IR-SE50, all from the model zoo
+#: (``faceanonymixer models pull``). The published loop: 50 Adam steps at lr 0.01 from e4e's
+#: inversion (no refinement). The attribute term is the engine's pooled-pixel L1 in place of the
+#: published FaRL ViT features, which cannot be loaded here. target_rank keeps half of ArcFace's
+#: 512 dimensions, as 64 of dlib's 128 do in the embedded profile; untuned (no weights here).
+FFHQ = Profile(
+    profile_id="ffhq",
+    generator="stylegan2-ffhq",
+    recognizer="arcface-ir-se50",
+    encoder="e4e-ffhq",
+    identity_mean=None,
+    optimisation=OptimisationConfig(inversion_steps=0, target_rank=256),
+    output_size=None,
+    alignment="ffhq",
+)
+
+PROFILES: dict[str, Profile] = {profile.profile_id: profile for profile in (EMBEDDED, FFHQ)}
 
 
 def get_profile(name: str) -> Profile:

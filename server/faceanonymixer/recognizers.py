@@ -2,8 +2,8 @@
 
 A recognizer maps float32 (N, 3, H, W) RGB images in [0, 255] (H, W = its ``input_size``) to
 (N, D) embeddings, with gradients to the input; its ``match_threshold`` is the Euclidean
-distance below which two embeddings are called the same person. Later profiles register
-their own (e.g. ArcFace for ``ffhq``).
+distance below which two embeddings are called the same person. ``dlib`` (the embedded profile)
+and ``arcface-ir-se50`` (the ffhq profile, weights from the model zoo).
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ __all__ = ["Recognizer", "available_recognizers", "load_recognizer", "register_r
 
 RecognizerFactory = Callable[[], Recognizer]
 
-_REGISTRY: dict[str, RecognizerFactory] = {"dlib": load_dlib_face_resnet}
+
+def _arcface_ir_se50() -> Recognizer:
+    from faceanonymixer.model_zoo import model_path
+    from faceanonymixer.models.ir_se50 import load_arcface_recognizer
+
+    return load_arcface_recognizer(model_path("arcface-ir-se50"))
+
+
+_REGISTRY: dict[str, RecognizerFactory] = {"dlib": load_dlib_face_resnet, "arcface-ir-se50": _arcface_ir_se50}
 
 
 def register_recognizer(name: str, factory: RecognizerFactory) -> None:

@@ -567,13 +567,14 @@ class StyleGAN2FaceGenerator(Generator):
     ``latent_avg`` by ``truncation`` (0.7, as the published fake-face pool), on every row.
     ``synthesize`` is the network's synthesis with its constant noise. ``landmark_template`` (dlib's
     five points in output pixels) must be measured on the checkpoint's samples; it is not guessed.
+    Without one (the ``ffhq`` profile), faces are cut with the FFHQ recipe the network was trained on.
     """
 
     def __init__(
         self,
         network: StyleGAN2Generator,
         *,
-        landmark_template: npt.ArrayLike,
+        landmark_template: npt.ArrayLike | None = None,
         truncation: float = KEY_TRUNCATION,
         layout: LatentLayout | None = None,
     ) -> None:
@@ -584,10 +585,10 @@ class StyleGAN2FaceGenerator(Generator):
             raise ValueError(
                 f"layout {self.layout.shape} does not fit W+ ({network.n_latent}, {network.style_dim})"
             )
-        template = np.array(landmark_template, dtype=np.float64)
-        if template.shape != (5, 2):
+        template = None if landmark_template is None else np.array(landmark_template, dtype=np.float64)
+        if template is not None and template.shape != (5, 2):
             raise ValueError(f"landmark_template must be (5, 2), not {template.shape}")
-        self.landmark_template: npt.NDArray[np.float64] = template
+        self.landmark_template: npt.NDArray[np.float64] | None = template
         self.z_dim = network.style_dim
         self.image_size = network.size
         self.truncation = truncation

@@ -61,7 +61,7 @@ def aligned_training_faces(
         except FaceAnonyMixerError:
             continue
         crop, _ = crop_to_template(
-            pixels, aligned.landmarks, generator.landmark_template, generator.image_size
+            pixels, aligned.landmarks, generator.require_landmark_template(), generator.image_size
         )
         crops.append(crop)
     if not crops:

@@ -1,0 +1,91 @@
+"""Encoders that invert aligned faces into a generator's latent space, looked up by name.
+
+An inverter maps the generator-aligned crops (N, 3, S, S) in [-1, 1], S = the generator's
+``image_size``, to latents (N, rows, width) of the generator's layout: the engine's starting
+point, refined afterwards. Two kinds exist:
+
+``embedded-encoder``
+    the project's own encoder (``models train-encoder``) predicts the DCGAN's Gaussian code z, which
+    the generator's ``mapping`` turns into its latent.
+``e4e-ffhq``
+    encoder4editing predicts StyleGAN2's W+ directly from a 256-pixel crop (the published
+    FaceAnonyMixer inversion), from the model zoo's ``e4e_ffhq_encode.pt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faceanonymixer.generators import Generator
+
+
+def _resized(crops: torch.Tensor, size: int) -> torch.Tensor:
+    if crops.shape[-1] == size:
+        return crops
+    return F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class MappedCodeInverter(nn.Module):
+    """An encoder that predicts the generator's input code, mapped by the generator."""
+
+    def __init__(self, encoder: nn.Module, generator: Generator, image_size: int) -> None:
+        super().__init__()
+        self.encoder, self.generator, self.image_size = encoder, generator, image_size
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.generator.mapping(self.encoder(_resized(crops, self.image_size)).flatten(1))
+
+
+class WPlusInverter(nn.Module):
+    """An encoder that predicts the generator's latent rows (W+) itself."""
+
+    def __init__(self, encoder: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.encoder, self.image_size = encoder, image_size
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.encoder(_resized(crops, self.image_size))
+
+
+InverterFactory = Callable[[Generator], nn.Module]
+
+
+def _embedded_encoder(generator: Generator) -> nn.Module:
+    from faceanonymixer.models.latent_encoder import load_latent_encoder
+    from faceanonymixer.weights import weights_entry
+
+    entry = weights_entry("embedded-encoder")
+    encoder = load_latent_encoder(entry.path, sha256=entry.sha256)
+    return MappedCodeInverter(encoder, generator, encoder.image_size)
+
+
+def _e4e_ffhq(generator: Generator) -> nn.Module:
+    from faceanonymixer.model_zoo import model_path
+    from faceanonymixer.models.e4e import load_e4e
+
+    encoder = load_e4e(model_path("e4e-ffhq"))
+    return WPlusInverter(encoder, encoder.image_size)
+
+
+_REGISTRY: dict[str, InverterFactory] = {"embedded-encoder": _embedded_encoder, "e4e-ffhq": _e4e_ffhq}
+
+
+def register_inverter(name: str, factory: InverterFactory) -> None:
+    """Make ``load_inverter(name, ...)`` build an inverter with ``factory``."""
+    _REGISTRY[name] = factory
+
+
+def available_inverters() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_inverter(name: str, generator: Generator, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the named inverter for ``generator``, frozen and in eval mode, on ``device``."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise ValueError(f"unknown inverter {name!r}; available: {', '.join(available_inverters())}")
+    return factory(generator).to(device).eval().requires_grad_(False)
