@@ -1052,3 +1052,47 @@ def test_a_photo_over_the_clients_message_limit_is_refused_without_retry(
     assert (error.code.name, error.reason, error.retryable) == ("RESOURCE_EXHAUSTED", "", False)
     assert [wait for _, wait in policy.decisions] == [None]  # one attempt, not retried
     assert len(calls(main.server, "ProtectFace")) == before  # refused by the client, never sent
+
+
+# ---- extra call metadata --------------------------------------------------------------------------
+
+
+def test_extra_metadata_travels_with_every_call() -> None:
+    """``metadata=`` (e.g. Ray Serve's ``application``) reaches the server beside the token."""
+    from concurrent import futures
+
+    import grpc
+
+    from faceanonymixer.v1 import keys_pb2
+
+    seen: list[dict[str, str]] = []
+
+    def get_key(request: keys_pb2.GetKeyRequest, context: grpc.ServicerContext) -> keys_pb2.GetKeyResponse:
+        seen.append(dict(context.invocation_metadata()))
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such key")
+        raise AssertionError("abort returns only by raising")
+
+    handler = grpc.method_handlers_generic_handler(
+        "faceanonymixer.v1.KeyService",
+        {
+            "GetKey": grpc.unary_unary_rpc_method_handler(
+                get_key,
+                request_deserializer=keys_pb2.GetKeyRequest.FromString,
+                response_serializer=keys_pb2.GetKeyResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        extra = [("application", "faceanonymixer")]
+        client = ProtectionClient(f"127.0.0.1:{port}", token=TOKEN_ONE, metadata=extra, retry=NO_RETRY)
+        with client, pytest.raises(FaceAnonyMixerError):
+            client.get_key("fk_anything")
+    finally:
+        server.stop(0)
+    assert seen and seen[0]["application"] == "faceanonymixer"
+    assert seen[0]["authorization"] == f"Bearer {TOKEN_ONE}"
+    with pytest.raises(ValueError, match="token="):
+        ProtectionClient("127.0.0.1:1", metadata=[("Authorization", "Bearer x")])

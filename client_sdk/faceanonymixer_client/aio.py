@@ -21,6 +21,7 @@ from faceanonymixer_client.options import (
     RetryPolicy,
     TlsConfig,
     bearer,
+    call_metadata,
     channel_options,
 )
 from faceanonymixer_client.results import KeyInfo, KeyState, Protection, Revocation
@@ -43,13 +44,14 @@ class AsyncProtectionClient:
         retry: RetryPolicy | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         targets = [addresses] if isinstance(addresses, str) else list(addresses)
         if not targets:
             raise ValueError("give at least one server address")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self._metadata = bearer(token)
+        self._metadata = (*bearer(token), *call_metadata(metadata))
         arguments = channel_options(max_message_bytes, options)
         self._targets = [
             ServerTarget(

@@ -21,6 +21,7 @@ from faceanonymixer_client.options import (
     RetryPolicy,
     TlsConfig,
     bearer,
+    call_metadata,
     connect,
 )
 from faceanonymixer_client.results import KeyInfo, KeyState, Protection, Revocation
@@ -46,8 +47,9 @@ class ProtectionClient:
     over every address a name resolves to), and a retry goes to the next one. ``timeout`` bounds
     every call, retries included; each method also takes its own ``timeout``. UNAVAILABLE and
     RESOURCE_EXHAUSTED are retried under ``retry`` (RetryInfo honoured); every refusal is raised as
-    a typed error from :mod:`faceanonymixer_client.errors`. Thread-safe; close it when done (or use
-    it as a context manager).
+    a typed error from :mod:`faceanonymixer_client.errors`. ``metadata``: extra (key, value) pairs
+    sent with every call (Ray Serve's ``application`` where a cluster serves several apps).
+    Thread-safe; close it when done (or use it as a context manager).
     """
 
     def __init__(
@@ -60,13 +62,14 @@ class ProtectionClient:
         retry: RetryPolicy | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         targets = [addresses] if isinstance(addresses, str) else list(addresses)
         if not targets:
             raise ValueError("give at least one server address")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self._metadata = bearer(token)
+        self._metadata = (*bearer(token), *call_metadata(metadata))
         credentials = None if tls is None else tls.credentials()
         self._targets = [
             ServerTarget(

@@ -90,6 +90,15 @@ def channel_options(
     return list(merged.items())
 
 
+def call_metadata(metadata: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Extra metadata for every call (e.g. Ray Serve's ``application`` where a cluster runs
+    several apps); the bearer token has its own argument."""
+    pairs = tuple((str(key).lower(), str(value)) for key, value in metadata)
+    if any(key == "authorization" for key, _ in pairs):
+        raise ValueError("pass the bearer token as token=, not as metadata")
+    return pairs
+
+
 def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
