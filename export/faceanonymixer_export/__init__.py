@@ -1,7 +1,13 @@
 """Model export of FaceAnonyMixer: ONNX graphs, onnxruntime sessions and TensorRT engine builds.
 
-Nothing here yet: ONNX/TensorRT export arrives in a later issue (install with the ``[export]``
-extra).
+* :mod:`~faceanonymixer_export.onnx_export`: ``export_profile`` writes a profile's recognizer,
+  encoder and generator (synthesis, mapping) as ONNX graphs with a dynamic batch axis, and
+  ``manifest.json`` (:mod:`~faceanonymixer_export.manifest`) describing them;
+* :mod:`~faceanonymixer_export.runtime`: onnxruntime sessions over such a folder, called like the
+  PyTorch modules (``ProtectionEngine(runtime="onnx", onnx_dir=...)`` uses them).
+
+Needs the ``[export]`` extra (onnx, onnxscript, onnxruntime). Nothing is imported here, so that
+reading a manifest stays light.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import typer
 from faceanonymixer._version import __version__
 from faceanonymixer.cli_common import emit, one_line_errors
 from faceanonymixer.cli_eval import evaluate
+from faceanonymixer.cli_export import export_app
 from faceanonymixer.cli_health import health
 from faceanonymixer.cli_keys import keys_app
 from faceanonymixer.cli_models import models_app
@@ -52,6 +53,7 @@ def main(
 
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(export_app, name="export")
 app.command()(serve)
 app.command(name="eval")(evaluate)
 app.command()(health)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -126,10 +127,14 @@ class ProtectionEngine:
         device: str | torch.device = "cpu",
         aligner: FaceAligner | None = None,
         precision: Precision = "auto",
+        runtime: Runtime = "torch",
+        onnx_dir: str | Path | None = None,
     ) -> None:
         """``precision``: the generator's and recognizer's arithmetic inside the loops; "auto" is
         bfloat16 on a CUDA device that supports it, float32 elsewhere. Latents, Adam and the loss
-        terms stay float32 either way."""
+        terms stay float32 either way. ``runtime="onnx"`` runs the gradient-free passes (the
+        encoder's starting latent, the original and final embeddings) on onnxruntime with the
+        graphs of ``faceanonymixer export onnx --out onnx_dir``; the optimisation stays PyTorch."""
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.config = optimisation or self.profile.optimisation
         self.device = torch.device(device)
@@ -139,6 +144,7 @@ class ProtectionEngine:
         self.inverter = load_inverter(self.profile.encoder, self.generator, device=self.device)
         self.identity_centre = self._identity_centre()
         self.precision = _autocast_dtype(precision, self.device)
+        self.passes = _forward_passes(self, runtime, onnx_dir)
         if self.device.type == "cuda":  # convolutions run faster in NHWC on tensor cores
             self.generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.recognizer.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -213,8 +219,7 @@ class ProtectionEngine:
             )
             return masks * pixels + (1.0 - masks) * chips
 
-        with torch.no_grad():
-            original = self.recognizer(chips)
+        original = self.passes.embed(chips)
         real = self._invert(crops, original, composite, check, config)
         inverted_at = time.perf_counter()
 
@@ -243,7 +248,7 @@ class ProtectionEngine:
 
         with torch.no_grad():
             generated = self.generator.synthesize(latent)
-            final = self.recognizer(torch.round(composite(generated)).clamp(0, 255))
+            final = self.passes.embed(torch.round(composite(generated)).clamp(0, 255))
         results = self._results(
             subjects,
             faces,
@@ -275,8 +280,7 @@ class ProtectionEngine:
         config: OptimisationConfig,
     ) -> torch.Tensor:
         """Encoder, then a short refinement: pixel L1 + distance to the original identity."""
-        with torch.no_grad(), self._autocast():
-            start = self.inverter(crops).float()
+        start = self.passes.invert(crops)
         if config.inversion_steps == 0:
             return start
         latent = start.clone().requires_grad_(True)
@@ -424,6 +428,45 @@ class ProtectionEngine:
 
 
 Precision = Literal["auto", "float32", "bfloat16"]
+Runtime = Literal["torch", "onnx"]
+
+
+class ForwardPasses(Protocol):
+    """The engine's gradient-free forward passes, chosen once by ``runtime``."""
+
+    def invert(self, crops: torch.Tensor) -> torch.Tensor: ...
+
+    def embed(self, chips: torch.Tensor) -> torch.Tensor: ...
+
+
+class _TorchPasses:
+    """The gradient-free passes on the engine's own PyTorch modules."""
+
+    def __init__(self, engine: ProtectionEngine) -> None:
+        self.engine = engine
+
+    def invert(self, crops: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.engine._autocast():
+            return self.engine.inverter(crops).float()
+
+    def embed(self, chips: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.engine.recognizer(chips)
+
+
+def _forward_passes(engine: ProtectionEngine, runtime: Runtime, onnx_dir: str | Path | None) -> ForwardPasses:
+    if runtime == "torch":
+        return _TorchPasses(engine)
+    if runtime != "onnx":
+        raise ValueError(f"runtime must be torch or onnx, not {runtime!r}")
+    if onnx_dir is None:
+        raise ValueError("runtime='onnx' needs onnx_dir: a folder of `faceanonymixer export onnx`")
+    # imported here: onnxruntime comes with the [export] extra only
+    from faceanonymixer_export.runtime import OnnxForwardPasses
+
+    return OnnxForwardPasses.open(
+        onnx_dir, engine.profile, recognizer=engine.recognizer, inverter=engine.inverter, device=engine.device
+    )
 
 
 def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:

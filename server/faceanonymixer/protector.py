@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from faceanonymixer.engine import ProtectionEngine, ProtectionResult, StopCheck, Subject
+from faceanonymixer.engine import ProtectionEngine, ProtectionResult, Runtime, StopCheck, Subject
 from faceanonymixer.imageio import ImageInput
 from faceanonymixer.profiles import get_profile
 from faceanonymixer.protection_key import ProtectionKey, as_key
@@ -25,17 +26,26 @@ class Protector:
 
     All images given in one call are photos of one subject and are optimised together (joint
     enrollment); a single image is the independent probe. ``optimisation`` overrides the
-    profile's settings by name (``steps=50``, ``lambda_anon=10``, ...).
+    profile's settings by name (``steps=50``, ``lambda_anon=10``, ...). ``runtime="onnx"`` with
+    ``onnx_dir`` runs the gradient-free passes on onnxruntime (:class:`ProtectionEngine`).
     """
 
     def __init__(
-        self, profile: str = "embedded", *, device: str | torch.device | None = None, **optimisation: Any
+        self,
+        profile: str = "embedded",
+        *,
+        device: str | torch.device | None = None,
+        runtime: Runtime = "torch",
+        onnx_dir: str | Path | None = None,
+        **optimisation: Any,
     ) -> None:
         chosen = get_profile(profile)
         self.engine = ProtectionEngine(
             chosen,
             optimisation=chosen.optimisation.with_overrides(**optimisation),
             device=device if device is not None else default_device(),
+            runtime=runtime,
+            onnx_dir=onnx_dir,
         )
 
     def protect(
