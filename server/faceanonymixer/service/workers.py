@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from google.rpc import code_pb2
 
 from faceanonymixer.engine import ProtectionEngine, StopCheck
+from faceanonymixer.errors import ProtectionCancelledError
 from faceanonymixer.service.status import Reason, ServiceError, rich_status
 
 T = TypeVar("T")
@@ -191,6 +192,9 @@ class EnginePool:
             job.started_at = time.monotonic()
             try:
                 result = job.work(engine, job.should_stop)
+            except ProtectionCancelledError as error:
+                # the engine stops the same way for both; only the caller's going away is a cancel
+                _settle(job, error=error if job.cancelled.is_set() else DeadlineExceededError())
             except BaseException as error:
                 _settle(job, error=error)
             else:
