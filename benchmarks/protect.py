@@ -1,6 +1,13 @@
 """Protection speed on this machine: seconds per face, FLOPs per step, achieved GFLOP/s.
 
-    .venv/bin/python benchmarks/protect.py ../shared/faces/lfw --repeats 5
+    .venv/bin/python benchmarks/protect.py ../shared/faces/lfw --repeats 5 [--json out.json]
+
+* the reference loop (``benchmarks/reference_loop.py``: one face at a time, float32 eager, every
+  input recomputed each step) against the engine (all faces in one batch, its defaults), on the
+  same N prepared faces (default 4 people x 2 lfw photos) at the same settings: seconds per face,
+  faces/s, FLOPs per face (counted), achieved GFLOP/s, and the dlib judge's (threshold 0.6)
+  same-key genuine match, original-vs-protected non-match and own-key impostor non-match rates
+  of the protected photos (each photo protected on its own under its person's key);
 
 * one photo per call (the independent probe), and one subject with 4 photos: batched in one call
   (joint enrollment) vs the same 4 photos one call at a time;
@@ -13,17 +20,31 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from reference_loop import reference_protect
 from torch.utils.flop_counter import FlopCounterMode
 
 from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.engine import ProtectionEngine, Subject
-from faceanonymixer.profiles import get_profile
+from faceanonymixer.engine import PreparedFace, ProtectionEngine, Subject
+from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.evaluation.judges import DlibJudge
+from faceanonymixer.evaluation.pairs import (
+    pair_distances_between,
+    same_identity_pairs,
+    stack_embeddings,
+    unordered_pairs,
+)
+from faceanonymixer.imageio import RGBImage
+from faceanonymixer.profiles import OptimisationConfig, get_profile
 from faceanonymixer.protection_key import ProtectionKey
 
 
@@ -54,35 +75,236 @@ def step_flops(engine: ProtectionEngine, subject: Subject) -> int:
     return counts[1] - counts[0]
 
 
+def person_key(person: str) -> ProtectionKey:
+    return ProtectionKey(hashlib.sha256(f"benchmark:{person}".encode()).digest())
+
+
+def pick_faces(
+    engine: ProtectionEngine, folder: Path, people: int, per_person: int
+) -> list[tuple[str, PreparedFace]]:
+    """The first ``people`` identities (sorted) with ``per_person`` photos that align."""
+    by_identity: dict[str, list[Path]] = {}
+    for identity, path in list_identity_images(folder):
+        by_identity.setdefault(identity, []).append(path)
+    chosen: list[tuple[str, PreparedFace]] = []
+    for identity in sorted(by_identity):
+        prepared = []
+        for path in sorted(by_identity[identity]):
+            try:
+                prepared.append(engine.prepare(path))
+            except FaceAnonyMixerError:
+                continue
+            if len(prepared) == per_person:
+                break
+        if len(prepared) == per_person:
+            chosen.extend((identity, face) for face in prepared)
+        if len(chosen) == people * per_person:
+            break
+    return chosen
+
+
+def protection_flops(run: Callable[[OptimisationConfig], object], config: OptimisationConfig) -> int:
+    """FLOPs of a whole protection at ``config``, from three short counted runs.
+
+    cost(steps, inversion) = fixed + inversion * I + steps * S, so (1, 0), (2, 0) and (1, 1) give
+    S, I and fixed without counting 70 slow steps.
+    """
+    counts = {}
+    for steps, inversion in ((1, 0), (2, 0), (1, 1)):
+        with FlopCounterMode(display=False) as counter:
+            run(config.with_overrides(steps=steps, inversion_steps=inversion))
+        counts[steps, inversion] = counter.get_total_flops()
+    step = counts[2, 0] - counts[1, 0]
+    inversion = counts[1, 1] - counts[1, 0]
+    fixed = counts[1, 0] - step
+    return fixed + config.inversion_steps * inversion + config.steps * step
+
+
+def judge_rates(
+    judge: DlibJudge, labels: list[str], originals: list[RGBImage], protected: list[RGBImage]
+) -> dict[str, Any]:
+    """The engine issue's three rates over the protected photos (each under its person's key)."""
+    threshold = judge.threshold or 0.6
+    original = stack_embeddings([judge.embed(photo) for photo in originals])
+    mine = stack_embeddings([judge.embed(photo) for photo in protected])
+
+    def rate(distances: np.ndarray, match: bool) -> dict[str, Any]:
+        share = float(np.mean(distances < threshold)) if len(distances) else float("nan")
+        return {"rate": share if match else 1.0 - share, "pairs": len(distances)}
+
+    genuine, _ = pair_distances_between(mine, mine, *unordered_pairs(labels, same=True))
+    anonymity, _ = pair_distances_between(mine, original, *same_identity_pairs(labels, diagonal="include"))
+    impostor, _ = pair_distances_between(mine, mine, *unordered_pairs(labels, same=False))
+    return {
+        "same_key_genuine_match": rate(genuine, True),
+        "original_vs_protected_nonmatch": rate(anonymity, False),
+        "own_key_impostor_nonmatch": rate(impostor, False),
+        "faces_found": int(np.count_nonzero(np.all(np.isfinite(mine), axis=1))),
+    }
+
+
+def compare(
+    engine: ProtectionEngine, chosen: list[tuple[str, PreparedFace]], repeats: int, judge: DlibJudge
+) -> dict[str, Any]:
+    """Reference loop vs engine batch on the same faces, keys and settings."""
+    config = engine.config
+    labels = [label for label, _ in chosen]
+    subjects = [Subject([face], person_key(label)) for label, face in chosen]
+    originals = [face.photo for _, face in chosen]
+
+    reference_protect(engine, chosen[0][1], person_key(labels[0]), config.with_overrides(steps=1))  # warm-up
+    reference_seconds, reference_photos = [], []
+    for label, face in chosen:
+        started = time.perf_counter()
+        reference_photos.append(reference_protect(engine, face, person_key(label), config).photo)
+        reference_seconds.append(time.perf_counter() - started)
+    engine_seconds: list[float] = []
+    engine_photos: list[RGBImage] = []
+    engine.protect(subjects[:1])  # warm-up (first-call allocations)
+    for _ in range(repeats):
+        started = time.perf_counter()
+        results = engine.protect(subjects)
+        engine_seconds.append((time.perf_counter() - started) / len(subjects))
+        engine_photos = [r.photo for rs in results for r in rs]
+
+    label, face = chosen[0]
+    reference_flops = protection_flops(
+        lambda c: reference_protect(engine, face, person_key(label), c), config
+    )
+    engine_flops = protection_flops(lambda c: engine.protect(subjects, optimisation=c), config) / len(
+        subjects
+    )
+
+    def row(seconds: list[float], flops: float, photos: list[RGBImage]) -> dict[str, Any]:
+        p50 = statistics.median(seconds)
+        return {
+            "seconds_per_face_p50": p50,
+            "seconds_per_face_all": seconds,
+            "faces_per_second": 1.0 / p50,
+            "gflop_per_face": flops / 1e9,
+            "achieved_gflops": flops / p50 / 1e9,
+            "quality": judge_rates(judge, labels, originals, photos),
+        }
+
+    return {
+        "faces": len(chosen),
+        "people": len(set(labels)),
+        "reference": row(reference_seconds, reference_flops, reference_photos),
+        "engine": row(engine_seconds, engine_flops, engine_photos),
+    }
+
+
+def print_comparison(result: dict[str, Any], matmul: float) -> None:
+    print(f"\nreference loop vs engine, {result['faces']} faces of {result['people']} people")
+    print(
+        f"{'':10}{'s/face p50':>11}{'faces/s':>9}{'GFLOP/face':>11}{'GFLOP/s':>9}{'% mm':>6}"
+        f"{'genuine':>9}{'anonym.':>9}{'impostor':>9}{'found':>7}"
+    )
+    for name in ("reference", "engine"):
+        entry = result[name]
+        quality = entry["quality"]
+        print(
+            f"{name:10}{entry['seconds_per_face_p50']:11.2f}{entry['faces_per_second']:9.3f}"
+            f"{entry['gflop_per_face']:11.1f}{entry['achieved_gflops']:9.1f}"
+            f"{100 * entry['achieved_gflops'] / matmul:6.0f}"
+            f"{quality['same_key_genuine_match']['rate']:9.2f}"
+            f"{quality['original_vs_protected_nonmatch']['rate']:9.2f}"
+            f"{quality['own_key_impostor_nonmatch']['rate']:9.2f}"
+            f"{quality['faces_found']:>5}/{result['faces']}"
+        )
+    speedup = result["reference"]["seconds_per_face_p50"] / result["engine"]["seconds_per_face_p50"]
+    print(f"engine speed-up over the reference: {speedup:.2f}x")
+    q = result["engine"]["quality"]
+    print(
+        "pairs: genuine {}, anonymity {}, impostor {} (dlib judge, threshold 0.6; found: protected"
+        " photos in which the judge found a face)".format(
+            q["same_key_genuine_match"]["pairs"],
+            q["original_vs_protected_nonmatch"]["pairs"],
+            q["own_key_impostor_nonmatch"]["pairs"],
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("faces", type=Path, help="folder of <identity>/<image> photos")
+    parser.add_argument("faces", type=Path, nargs="?", help="folder of <identity>/<image> photos")
+    parser.add_argument("--faces-dir", type=Path, default=Path("../shared/faces/lfw"))
     parser.add_argument("--profile", default="embedded")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting")
+    parser.add_argument("--people", type=int, default=4, help="people in the reference/engine comparison")
+    parser.add_argument("--per-person", type=int, default=2, help="photos per person in the comparison")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="OptimisationConfig setting for both loops, e.g. steps=20 (repeatable)",
+    )
+    parser.add_argument("--skip-call-modes", action="store_true", help="only the reference/engine comparison")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here ('-': stdout)")
     args = parser.parse_args()
+    folder = args.faces or args.faces_dir
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     profile = get_profile(args.profile)
-    engine = ProtectionEngine(profile)
+    overrides = {}
+    for item in args.override:
+        name, _, value = item.partition("=")
+        overrides[name] = json.loads(value.lower() if value in ("True", "False") else value)
+    engine = ProtectionEngine(profile, optimisation=profile.optimisation.with_overrides(**overrides))
+    config = engine.config
+    report: dict[str, Any] = {
+        "profile": profile.profile_id,
+        "config": {name: getattr(config, name) for name in config.__dataclass_fields__},
+        "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+    }
+    print(
+        f"profile {profile.profile_id}: {config.steps} steps, {config.inversion_steps} inversion steps, "
+        f"{config.views} views, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}"
+    )
+    chosen = pick_faces(engine, folder, args.people, args.per_person)
+    comparison = compare(engine, chosen, args.repeats, DlibJudge())
+    matmul = matmul_gflops()
+    report["matmul_gflops"] = matmul
+    report["comparison"] = comparison
+    print_comparison(comparison, matmul)
+    if not args.skip_call_modes:
+        report["call_modes"] = call_modes(engine, folder, args.repeats)
+    print(f"float32 matmul 2048^3     {matmul:.1f} GFLOP/s")
+    report["load_average_end"] = list(os.getloadavg())
+    if args.json is not None:
+        text = json.dumps(report, indent=2)
+        if str(args.json) == "-":
+            print(text)
+        else:
+            args.json.write_text(text + "\n")
+
+
+def call_modes(engine: ProtectionEngine, folder: Path, repeats: int) -> dict[str, Any]:
+    """One photo per call, 4 photos in one batch, the same 4 one at a time (one subject)."""
     config = engine.config
     key = ProtectionKey(hashlib.sha256(b"benchmark").digest())
     by_identity: dict[str, list[Path]] = {}
-    for identity, path in list_identity_images(args.faces):
+    for identity, path in list_identity_images(folder):
         by_identity.setdefault(identity, []).append(path)
     four = next(paths[:4] for paths in by_identity.values() if len(paths) >= 4)
     faces = [engine.prepare(path) for path in four]
     engine.protect([Subject(faces[:1], key)])  # warm-up
 
     single, optimise_single = [], []
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         face = faces[repeat % len(faces)]
         started = time.perf_counter()
         result = engine.protect([Subject([face], key)])[0][0]
         single.append(time.perf_counter() - started)
         optimise_single.append(result.timings["optimise"])
     batched, sequential = [], []
-    for _ in range(max(1, args.repeats // 2)):
+    for _ in range(max(1, repeats // 2)):
         started = time.perf_counter()
         engine.protect([Subject(faces, key)])
         batched.append((time.perf_counter() - started) / len(faces))
@@ -94,22 +316,25 @@ def main() -> None:
     flops_one = step_flops(engine, Subject(faces[:1], key))
     flops_four = step_flops(engine, Subject(faces, key))
     achieved = flops_one * config.steps / statistics.median(optimise_single) / 1e9
-    matmul = matmul_gflops()
 
     def spread(label: str, values: list[float], unit: str) -> None:
         p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
         print(f"{label:26}p50 {p50:6.2f} {unit}  p95 {p95:6.2f} {unit}")
 
-    print(
-        f"profile {profile.profile_id}: {config.steps} steps, {config.inversion_steps} inversion steps, "
-        f"{config.views} views, {torch.get_num_threads()} threads"
-    )
+    print()
     spread("one photo per call", single, "s")
     spread("4 photos, one batch", batched, "s/face")
     spread("4 photos, one at a time", sequential, "s/face")
     print(f"FLOPs per step (fwd+bwd)  batch 1: {flops_one / 1e9:.2f} GFLOP, batch 4: {flops_four / 1e9:.2f}")
     print(f"achieved in the loop      {achieved:.1f} GFLOP/s (batch 1)")
-    print(f"float32 matmul 2048^3     {matmul:.1f} GFLOP/s")
+    return {
+        "one_photo_per_call_s": single,
+        "four_one_batch_s_per_face": batched,
+        "four_one_at_a_time_s_per_face": sequential,
+        "step_gflop_batch1": flops_one / 1e9,
+        "step_gflop_batch4": flops_four / 1e9,
+        "loop_gflops_batch1": achieved,
+    }
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from PIL import Image
 
 from faceanonymixer import demo as demo_module
 from faceanonymixer.demo import GRID_CELL, PersonRun, Photo, grid_size
+from faceanonymixer.errors import InvalidRequestError
 
 #: a demo run must finish well within this (the README promises under two minutes)
 DEMO_TIMEOUT = 300
@@ -290,6 +291,7 @@ def test_the_judge_describes_an_original_exactly_as_dlib_judge_does() -> None:
 
 
 def test_run_in_background_raises_a_start_up_failure_in_the_caller(tmp_path: Path) -> None:
+    from faceanonymixer.errors import ModelLoadError
     from faceanonymixer.keystore import KeyEncryptionKey
     from faceanonymixer.service.server import run_in_background
     from faceanonymixer.service.settings import ServiceSettings
@@ -303,7 +305,7 @@ def test_run_in_background_raises_a_start_up_failure_in_the_caller(tmp_path: Pat
         shutdown_grace_seconds=1,
     )
     with (
-        pytest.raises(RuntimeError, match="no-such-device"),
+        pytest.raises(ModelLoadError, match="no-such-device"),
         run_in_background(settings, KeyEncryptionKey.generate()),
     ):
         pytest.fail("the server should not have started")
@@ -316,10 +318,10 @@ def test_the_output_folder_is_new_or_empty(tmp_path: Path, monkeypatch: pytest.M
     assert demo_module.prepare_out_dir(tmp_path / "empty") == tmp_path / "empty"
     assert demo_module.prepare_out_dir(made) == made  # still empty
     (made / "x").write_text("x")
-    with pytest.raises(demo_module.InvalidRequestError, match="not empty"):
+    with pytest.raises(InvalidRequestError, match="not empty"):
         demo_module.prepare_out_dir(made)
     with (
         tempfile.NamedTemporaryFile(dir=tmp_path) as file,
-        pytest.raises(demo_module.InvalidRequestError, match="not a folder"),
+        pytest.raises(InvalidRequestError, match="not a folder"),
     ):
         demo_module.prepare_out_dir(Path(file.name))

@@ -41,5 +41,16 @@ def test_every_error_table_row_and_setting_is_in_the_readme() -> None:
     for name in ServiceSettings.model_fields:
         assert f"| `{name}` |" in readme
     cli = (REPO_ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    for command in ("serve", "demo", "eval", "health", "export onnx", "export tensorrt", "protect", "keys create", "keys revoke", "keys audit"):
+    for command in (
+        "serve",
+        "demo",
+        "eval",
+        "health",
+        "export onnx",
+        "export tensorrt",
+        "protect",
+        "keys create",
+        "keys revoke",
+        "keys audit",
+    ):
         assert f"## `faceanonymixer {command}`" in cli

@@ -29,6 +29,11 @@ class OptimisationConfig:
     target_rank: int = 64
     #: scale of the target's distance from the real-face centre (1 keeps real-face spread)
     target_gain: float = 1.0
+    #: opt-in: end the loop once, for ``early_stop_patience`` consecutive steps, every face has its
+    #: anonymity term at 0 and its identity term at most ``early_stop_tolerance`` (off: as published)
+    early_stop: bool = False
+    early_stop_tolerance: float = 0.3
+    early_stop_patience: int = 3
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.inversion_steps < 0:
@@ -41,6 +46,8 @@ class OptimisationConfig:
             raise ValueError("learning rates must be positive")
         if self.target_rank < 1:
             raise ValueError("target_rank must be at least 1")
+        if self.early_stop_tolerance < 0 or self.early_stop_patience < 1:
+            raise ValueError("early_stop_tolerance must not be negative, early_stop_patience at least 1")
 
     def with_overrides(self, **overrides: Any) -> OptimisationConfig:
         unknown = set(overrides) - set(self.__dataclass_fields__)

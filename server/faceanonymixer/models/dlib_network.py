@@ -139,7 +139,7 @@ def _read_details(reader: DlibReader, spec: LayerSpec) -> LayerRecord:
             raise reader.fail(f"fc_ parameters {params.shape} do not fit {inputs}x{outputs}")
         flat = params.data.reshape(-1)
         # dlib computes x @ W with W stored (inputs, outputs), row-major.
-        record = {"weight": flat[: inputs * outputs].reshape(inputs, outputs).T.copy()}
+        record: dict[str, np.ndarray] = {"weight": flat[: inputs * outputs].reshape(inputs, outputs).T.copy()}
         if has_bias:
             record["bias"] = flat[inputs * outputs :]
         return LayerRecord("fc", dict(record))

@@ -71,7 +71,7 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="gRPC send/receive message limit.")
     max_images_per_request: int = Field(16, ge=1, description="Most photos in one ProtectFaces call.")
     max_output_size: int = Field(1024, ge=16, description="Largest output_size a request may ask for.")
-    optimisation: dict[str, int | float] = Field(
+    optimisation: dict[str, bool | int | float] = Field(
         default_factory=dict, description="Overrides of the profile's optimisation settings (steps, lr, ...)."
     )
     reflection: bool = Field(False, description="Serve gRPC server reflection.")

@@ -1,0 +1,142 @@
+"""The engine's speed-ups keep its results: it agrees with the plain reference loop of
+``benchmarks/reference_loop.py`` (the speed baseline), and the opt-in early stop ends the loop only
+when every loss term is satisfied, leaving the result of the steps it did take unchanged.
+
+Needs the committed encoder weights and the shared face photos (skips otherwise); tiny step counts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from faceanonymixer.engine import PreparedFace, ProtectionEngine, ProtectionResult, Subject
+from faceanonymixer.profiles import OptimisationConfig
+from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.weights import committed_weights
+
+KEY = ProtectionKey(bytes(range(32)), key_id="a")
+STEPS = 8
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_loop.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # tiny steps: OpenMP threads on a shared CPU only add overhead (as in test_engine.py)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine() -> ProtectionEngine:
+    entry = committed_weights().get("embedded-encoder")
+    if entry is None or not entry.path.is_file():
+        pytest.skip("the embedded profile's encoder weights are not committed yet (weights/manifest.json)")
+    return ProtectionEngine("embedded", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def face(engine: ProtectionEngine, faces_root: Path) -> PreparedFace:
+    return engine.prepare(faces_root / "fr_examples" / "biden" / "biden.jpg")
+
+
+def run(engine: ProtectionEngine, face: PreparedFace, **overrides: object) -> ProtectionResult:
+    config = engine.profile.optimisation.with_overrides(**{"inversion_steps": 0, "steps": STEPS, **overrides})
+    return engine.protect([Subject([face], KEY)], optimisation=config, keep_latents=True)[0][0]
+
+
+def test_off_by_default_runs_every_step(engine: ProtectionEngine, face: PreparedFace) -> None:
+    assert OptimisationConfig().early_stop is False
+    assert len(run(engine, face).loss_trace.total) == STEPS
+
+
+def test_stops_after_patience_when_every_term_is_satisfied(
+    engine: ProtectionEngine, face: PreparedFace
+) -> None:
+    # margin 1: the anonymity term is relu(cos - 1) = 0 always; any identity distance is tolerated
+    result = run(engine, face, margin=1.0, early_stop=True, early_stop_tolerance=1e9, early_stop_patience=3)
+    trace = result.loss_trace
+    assert len(trace.total) == 3
+    assert all(value == 0.0 for value in trace.anonymity)
+    # the optimiser took 2 steps (the third satisfied step stops before stepping): the same latent as
+    # a plain 2-step run, bit for bit
+    plain = run(engine, face, margin=1.0, steps=2)
+    assert result.latents is not None and plain.latents is not None
+    np.testing.assert_array_equal(result.latents["protected"], plain.latents["protected"])
+    np.testing.assert_array_equal(result.face, plain.face)
+
+
+def test_does_not_stop_while_identity_is_above_tolerance(
+    engine: ProtectionEngine, face: PreparedFace
+) -> None:
+    trace = run(engine, face, margin=1.0, early_stop=True, early_stop_tolerance=0.0).loss_trace
+    assert len(trace.total) == STEPS
+    assert min(trace.identity) > 0.0
+
+
+def test_does_not_stop_while_anonymity_is_positive(engine: ProtectionEngine, face: PreparedFace) -> None:
+    # margin -1: relu(cos + 1) > 0 unless the embeddings point exactly apart
+    trace = run(engine, face, margin=-1.0, early_stop=True, early_stop_tolerance=1e9).loss_trace
+    assert len(trace.total) == STEPS
+    assert min(trace.anonymity) > 0.0
+
+
+def test_early_stop_off_gives_the_published_result(engine: ProtectionEngine, face: PreparedFace) -> None:
+    # the flag alone (never triggered) must not change anything
+    off = run(engine, face)
+    never = run(engine, face, early_stop=True, early_stop_tolerance=0.0)
+    assert off.latents is not None and never.latents is not None
+    np.testing.assert_array_equal(off.latents["protected"], never.latents["protected"])
+
+
+@pytest.mark.parametrize("overrides", [{"early_stop_tolerance": -0.1}, {"early_stop_patience": 0}])
+def test_rejects_bad_early_stop_settings(overrides: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        OptimisationConfig().with_overrides(**overrides)
+
+
+@pytest.fixture(scope="module")
+def reference() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reference_loop", REFERENCE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_engine_agrees_with_the_reference_loop(
+    engine: ProtectionEngine, face: PreparedFace, reference: ModuleType
+) -> None:
+    # the engine batches, keeps fixed inputs, runs NHWC; the reference recomputes everything in NCHW.
+    # Same algorithm: one step of each loop lands on the same latent up to float rounding; later
+    # steps drift only where Adam's normalised step flips sign on a near-zero gradient.
+    def both(steps: int, inversion_steps: int) -> tuple[ProtectionResult, Any]:
+        config = engine.profile.optimisation.with_overrides(steps=steps, inversion_steps=inversion_steps)
+        mine = engine.protect([Subject([face], KEY)], optimisation=config, keep_latents=True)[0][0]
+        return mine, reference.reference_protect(engine, face, KEY, config)
+
+    mine, theirs = both(1, 1)
+    assert mine.latents is not None
+    np.testing.assert_allclose(mine.latents["protected"], theirs.latent[0].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(mine.face, theirs.face)
+
+    mine, theirs = both(4, 2)
+    assert mine.latents is not None
+    drift = np.abs(mine.latents["protected"] - theirs.latent[0].numpy())
+    assert np.quantile(drift, 0.9) < 0.01  # the learning rate is 0.05 per step
+    assert np.abs(mine.face.astype(int) - theirs.face.astype(int)).mean() < 1.0
+    # and the reference hands the engine's models back as it found them
+    for model in (engine.generator, engine.recognizer):
+        kernels = [p for p in model.parameters() if p.dim() == 4]
+        assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
