@@ -60,15 +60,13 @@ def test_off_by_default_runs_every_step(engine: ProtectionEngine, face: Prepared
     assert len(run(engine, face).loss_trace.total) == STEPS
 
 
-def test_stops_after_patience_when_every_term_is_satisfied(
-    engine: ProtectionEngine, face: PreparedFace
-) -> None:
-    # margin 1: the anonymity term is relu(cos - 1) = 0 always; any identity distance is tolerated
-    result = run(engine, face, margin=1.0, early_stop=True, early_stop_tolerance=1e9, early_stop_patience=3)
+def test_stops_once_every_face_is_done(engine: ProtectionEngine, face: PreparedFace) -> None:
+    # margin 1: the anonymity term is relu(cos - 1) = 0 always; tolerance 1e9: any change is a plateau
+    result = run(engine, face, margin=1.0, early_stop=True, early_stop_tolerance=1e9, early_stop_patience=2)
     trace = result.loss_trace
-    assert len(trace.total) == 3
+    assert len(trace.total) == 3  # a window of patience + 1 measured steps
     assert all(value == 0.0 for value in trace.anonymity)
-    # the optimiser took 2 steps (the third satisfied step stops before stepping): the same latent as
+    # the optimiser took 2 steps (the third measurement stops before stepping): the same latent as
     # a plain 2-step run, bit for bit
     plain = run(engine, face, margin=1.0, steps=2)
     assert result.latents is not None and plain.latents is not None
@@ -76,12 +74,12 @@ def test_stops_after_patience_when_every_term_is_satisfied(
     np.testing.assert_array_equal(result.face, plain.face)
 
 
-def test_does_not_stop_while_identity_is_above_tolerance(
-    engine: ProtectionEngine, face: PreparedFace
-) -> None:
-    trace = run(engine, face, margin=1.0, early_stop=True, early_stop_tolerance=0.0).loss_trace
+def test_does_not_stop_while_identity_still_improves(engine: ProtectionEngine, face: PreparedFace) -> None:
+    trace = run(engine, face, margin=1.0, early_stop=True, early_stop_tolerance=1e-4).loss_trace
     assert len(trace.total) == STEPS
-    assert min(trace.identity) > 0.0
+    # the reason: it improved by more than 1e-4 (relative) over every window of 5 steps
+    identity = trace.identity
+    assert all(identity[i] - identity[i + 5] > 1e-4 * identity[i] for i in range(STEPS - 5))
 
 
 def test_does_not_stop_while_anonymity_is_positive(engine: ProtectionEngine, face: PreparedFace) -> None:
@@ -94,8 +92,9 @@ def test_does_not_stop_while_anonymity_is_positive(engine: ProtectionEngine, fac
 def test_early_stop_off_gives_the_published_result(engine: ProtectionEngine, face: PreparedFace) -> None:
     # the flag alone (never triggered) must not change anything
     off = run(engine, face)
-    never = run(engine, face, early_stop=True, early_stop_tolerance=0.0)
+    never = run(engine, face, early_stop=True, early_stop_tolerance=1e-4)
     assert off.latents is not None and never.latents is not None
+    assert len(never.loss_trace.total) == STEPS
     np.testing.assert_array_equal(off.latents["protected"], never.latents["protected"])
 
 
@@ -131,11 +130,13 @@ def test_engine_agrees_with_the_reference_loop(
     np.testing.assert_allclose(mine.latents["protected"], theirs.latent[0].numpy(), atol=1e-4)
     np.testing.assert_array_equal(mine.face, theirs.face)
 
-    mine, theirs = both(4, 2)
+    # more steps, no inversion: a second inversion step already flips signs on this CPU or that
+    # (the inverted latent moves by 2 x 0.05 in places), so only the mixing loop is compared here
+    mine, theirs = both(STEPS, 0)
     assert mine.latents is not None
     drift = np.abs(mine.latents["protected"] - theirs.latent[0].numpy())
-    assert np.quantile(drift, 0.9) < 0.01  # the learning rate is 0.05 per step
-    assert np.abs(mine.face.astype(int) - theirs.face.astype(int)).mean() < 1.0
+    assert np.quantile(drift, 0.9) < 1e-3 and drift.max() < 0.05  # the learning rate is 0.05 per step
+    assert np.abs(mine.face.astype(int) - theirs.face.astype(int)).mean() < 0.5
     # and the reference hands the engine's models back as it found them
     for model in (engine.generator, engine.recognizer):
         kernels = [p for p in model.parameters() if p.dim() == 4]

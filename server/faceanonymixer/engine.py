@@ -334,7 +334,8 @@ class ProtectionEngine:
         several = (subject_sizes[owner] > 1).to(real.dtype)
 
         steps: list[torch.Tensor] = []
-        calm = torch.zeros(len(real), dtype=torch.long, device=self.device)  # satisfied steps in a row
+        window = config.early_stop_patience + 1
+        recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # (anonymity, identity) of the last steps
         for _ in range(config.steps):
             _stop_if(check)
             latent = base.index_copy(1, rows, variable)
@@ -356,10 +357,9 @@ class ProtectionEngine:
                 config.lambda_anon * anonymity + config.lambda_id * identity + config.lambda_attr * attributes
             )
             if config.early_stop:
-                # checked before stepping, so the latent returned is the one measured as satisfied
-                satisfied = (anonymity <= 0) & (identity <= config.early_stop_tolerance)
-                calm = torch.where(satisfied, calm + 1, 0)
-                if bool((calm >= config.early_stop_patience).all()):
+                recent = [*recent[1 - window :], (anonymity.detach(), identity.detach())]
+                # checked before stepping, so the latent returned is the one measured as done
+                if len(recent) == window and _all_done(recent, config.early_stop_tolerance):
                     steps.append(torch.stack([per_face, anonymity, identity, attributes]).detach())
                     break
             optimiser.zero_grad(set_to_none=True)
@@ -491,6 +491,15 @@ def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype |
         raise ValueError(f"precision must be auto, float32 or bfloat16, not {precision!r}")
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return torch.bfloat16 if cuda_bf16 else None
+
+
+def _all_done(recent: list[tuple[torch.Tensor, torch.Tensor]], tolerance: float) -> bool:
+    """Every face: anonymity 0 throughout ``recent``, identity improved by less than ``tolerance``
+    (relative) from its first to its last step. One host sync: early stop is opt-in."""
+    anonymity = torch.stack([terms[0] for terms in recent])
+    first, last = recent[0][1], recent[-1][1]
+    plateau = (first - last) < tolerance * first
+    return bool(((anonymity <= 0).all(dim=0) & plateau).all())
 
 
 def set_memory_format(module: torch.nn.Module, memory_format: torch.memory_format) -> None:
