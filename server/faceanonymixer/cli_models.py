@@ -15,16 +15,20 @@ from faceanonymixer.model_zoo import PINS_FILE, ZooModel
 models_app = typer.Typer(help="Train, list and verify model weights.", no_args_is_help=True)
 
 ENCODER_WEIGHTS_NAME = "embedded-encoder"
+LFW_GENERATOR_WEIGHTS_NAME = "lfw-dcgan"
+LFW_ENCODER_WEIGHTS_NAME = "lfw-dcgan-encoder"
+_NOT_REPRODUCED = ("--checkpoint", "--stop-at")
 
 
 def _reproducing_command() -> str:
-    """This command line, without where its resumable state was kept (it does not change the result)."""
+    """This command line, without the options that do not change the result (where resumable state
+    was kept, where a run stopped)."""
     arguments, skip = [], False
     for argument in sys.argv[2:]:
-        if skip or argument.startswith("--checkpoint="):
+        if skip or argument.startswith(tuple(f"{option}=" for option in _NOT_REPRODUCED)):
             skip = False
             continue
-        if argument == "--checkpoint":
+        if argument in _NOT_REPRODUCED:
             skip = True
             continue
         arguments.append(argument)
@@ -60,6 +64,70 @@ def train_encoder_command(
         if target.parent.resolve() == WEIGHTS_DIR.resolve():
             record_weights(ENCODER_WEIGHTS_NAME, target.name, sha256, _reproducing_command())
         typer.echo(f"{target}  sha256 {sha256}")
+
+
+@models_app.command("train-generator")
+def train_generator_command(
+    data: Annotated[Path, typer.Option(help="Folder of <identity>/<image> training photos (lfw_train).")],
+    checkpoint: Annotated[
+        Path, typer.Option(help="Resumable training state; the aligned crops are cached beside it.")
+    ],
+    steps: Annotated[int, typer.Option(min=1, help="Total steps of the training (over all runs).")] = 3000,
+    stop_at: Annotated[
+        int | None, typer.Option(min=1, help="End this run at this step; a later run continues.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_real_photos: Annotated[int, typer.Option(min=1)] = 10_000,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where the weights go (default: the committed weights).")
+    ] = None,
+) -> None:
+    """Fine-tune the DigiFace DCGAN and its encoder on real faces (CPU, deterministic for a seed).
+
+    Writes the generator and encoder weights once the last step is done (recorded in the committed
+    manifest when written there); until then, each run continues from --checkpoint.
+    """
+    with one_line_errors():
+        import torch
+
+        from faceanonymixer.generators import DigiFaceGenerator
+        from faceanonymixer.models.dcgan import load_digiface_dcgan, save_dcgan
+        from faceanonymixer.models.latent_encoder import load_latent_encoder, save_latent_encoder
+        from faceanonymixer.training.encoder import aligned_training_faces
+        from faceanonymixer.training.generator import GeneratorTraining, train_generator
+        from faceanonymixer.weights import WEIGHTS_DIR, record_weights, weights_entry
+
+        torch.manual_seed(seed)
+        generator = load_digiface_dcgan()
+        encoder = load_latent_encoder(weights_entry(ENCODER_WEIGHTS_NAME).path)
+        cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
+        if cache.exists():
+            faces = torch.load(cache, weights_only=True)
+        else:
+            faces = aligned_training_faces(data, DigiFaceGenerator(generator), limit=max_real_photos)
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(faces, cache)
+        config = GeneratorTraining(steps=steps, seed=seed)
+        state = train_generator(
+            generator, encoder, faces, config=config, checkpoint=checkpoint, stop_at=stop_at
+        )
+        if state.step < config.steps:
+            typer.echo(f"stopped at step {state.step} of {config.steps}; run again to continue")
+            return
+        target_dir = out_dir or WEIGHTS_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        command = _reproducing_command()
+        written = {
+            LFW_GENERATOR_WEIGHTS_NAME: ("lfw_dcgan.pt", save_dcgan(generator, target_dir / "lfw_dcgan.pt")),
+            LFW_ENCODER_WEIGHTS_NAME: (
+                "lfw_dcgan_encoder.pt",
+                save_latent_encoder(encoder, target_dir / "lfw_dcgan_encoder.pt"),
+            ),
+        }
+        for name, (file, sha256) in written.items():
+            if target_dir.resolve() == WEIGHTS_DIR.resolve():
+                record_weights(name, file, sha256, command)
+            typer.echo(f"{target_dir / file}  sha256 {sha256}")
 
 
 @models_app.command("identity-stats")

@@ -161,8 +161,17 @@ def _stylegan2_ffhq() -> Generator:
     return StyleGAN2FaceGenerator(load_stylegan2(model_path("stylegan2-ffhq")))
 
 
+def _lfw_dcgan() -> Generator:
+    # the DigiFace DCGAN fine-tuned on lfw_train (``models train-generator``), committed with the code
+    from faceanonymixer.weights import weights_entry
+
+    entry = weights_entry("lfw-dcgan")
+    return DigiFaceGenerator(load_digiface_dcgan(entry.path, sha256=entry.sha256))
+
+
 _REGISTRY: dict[str, GeneratorFactory] = {
     "digiface-dcgan": lambda: DigiFaceGenerator(load_digiface_dcgan()),
+    "lfw-dcgan": _lfw_dcgan,
     "stylegan2-ffhq": _stylegan2_ffhq,
 }
 

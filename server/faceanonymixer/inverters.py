@@ -7,6 +7,9 @@ point, refined afterwards. Two kinds exist:
 ``embedded-encoder``
     the project's own encoder (``models train-encoder``) predicts the DCGAN's Gaussian code z, which
     the generator's ``mapping`` turns into its latent.
+``lfw-dcgan-encoder``
+    the same kind of encoder, trained with the DCGAN fine-tuned on real faces
+    (``models train-generator``), for that generator.
 ``e4e-ffhq``
     encoder4editing predicts StyleGAN2's W+ directly from a 256-pixel crop (the published
     FaceAnonyMixer inversion), from the model zoo's ``e4e_ffhq_encode.pt``.
@@ -54,13 +57,16 @@ class WPlusInverter(nn.Module):
 InverterFactory = Callable[[Generator], nn.Module]
 
 
-def _embedded_encoder(generator: Generator) -> nn.Module:
-    from faceanonymixer.models.latent_encoder import load_latent_encoder
-    from faceanonymixer.weights import weights_entry
+def _committed_encoder(name: str) -> InverterFactory:
+    def factory(generator: Generator) -> nn.Module:
+        from faceanonymixer.models.latent_encoder import load_latent_encoder
+        from faceanonymixer.weights import weights_entry
 
-    entry = weights_entry("embedded-encoder")
-    encoder = load_latent_encoder(entry.path, sha256=entry.sha256)
-    return MappedCodeInverter(encoder, generator, encoder.image_size)
+        entry = weights_entry(name)
+        encoder = load_latent_encoder(entry.path, sha256=entry.sha256)
+        return MappedCodeInverter(encoder, generator, encoder.image_size)
+
+    return factory
 
 
 def _e4e_ffhq(generator: Generator) -> nn.Module:
@@ -71,7 +77,11 @@ def _e4e_ffhq(generator: Generator) -> nn.Module:
     return WPlusInverter(encoder, encoder.image_size)
 
 
-_REGISTRY: dict[str, InverterFactory] = {"embedded-encoder": _embedded_encoder, "e4e-ffhq": _e4e_ffhq}
+_REGISTRY: dict[str, InverterFactory] = {
+    "embedded-encoder": _committed_encoder("embedded-encoder"),
+    "lfw-dcgan-encoder": _committed_encoder("lfw-dcgan-encoder"),
+    "e4e-ffhq": _e4e_ffhq,
+}
 
 
 def register_inverter(name: str, factory: InverterFactory) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from faceanonymixer.errors import ModelFormatError
+from faceanonymixer.weights import check_sha256, file_sha256
 
 Z_DIM = 100
 IMAGE_SIZE = 64
@@ -53,9 +54,11 @@ def default_weights_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "weights.tar"
 
 
-def load_digiface_dcgan(path: str | Path | None = None) -> DigiFaceDCGAN:
-    """The generator with the package's weights, frozen and in eval mode."""
+def load_digiface_dcgan(path: str | Path | None = None, *, sha256: str | None = None) -> DigiFaceDCGAN:
+    """The generator with the package's weights (or a checkpoint of the same format at ``path``,
+    its SHA-256 checked when given), frozen and in eval mode."""
     path = Path(path) if path is not None else default_weights_path()
+    check_sha256(path, sha256)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = checkpoint["netG_state_dict"]
@@ -69,3 +72,9 @@ def load_digiface_dcgan(path: str | Path | None = None) -> DigiFaceDCGAN:
     except RuntimeError as error:
         raise ModelFormatError(f"{path}: layer shapes differ from the DigiFace DCGAN ({error})") from error
     return model.eval().requires_grad_(False)
+
+
+def save_dcgan(model: DigiFaceDCGAN, path: str | Path) -> str:
+    """Write ``model`` in the package's checkpoint format (``netG_state_dict``); returns the SHA-256."""
+    torch.save({"netG_state_dict": model.state_dict()}, path)
+    return file_sha256(path)

@@ -1,0 +1,224 @@
+"""Fine-tune the embedded DCGAN on real faces: ``faceanonymixer models train-generator``.
+
+The DigiFace DCGAN draws synthetic renderings that recognizers find alike; the engine then pulls
+every protected face from that narrow region. Fine-tuning it adversarially on real faces
+(``lfw_train`` aligned to the generator's landmark template, never the evaluation sets) moves its
+output distribution onto real faces of thousands of people, and training the encoder with it keeps
+real photos invertible into the new latent space. Three networks, every step:
+
+* discriminator D (a plain DCGAN critic, no normalisation): logistic loss on real crops against
+  samples G(z) and reconstructions G(E(x)), with a lazy R1 penalty on real crops (stable
+  fine-tuning without batch statistics);
+* generator G (from the DigiFace weights; batch norm kept on its running statistics, so the
+  trained network behaves the same in eval mode): fool D with samples and with reconstructions,
+  plus the pixel loss of reconstructions;
+* encoder E (from the committed embedded encoder): the pixel loss of reconstructions of real
+  crops and the regression of the code of samples (E(G(z)) ~ z).
+
+The landmark template stays valid by construction: the real crops are cut onto it. Deterministic
+for a seed (CPU, fixed thread count), resumable from its checkpoint (every network, optimiser and
+the sampler), with a progress bar of the losses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from faceanonymixer.models.dcgan import IMAGE_SIZE, Z_DIM, DigiFaceDCGAN
+from faceanonymixer.models.latent_encoder import LatentEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GeneratorTraining:
+    steps: int = 3000
+    batch_size: int = 16
+    generator_lr: float = 1e-4
+    discriminator_lr: float = 1e-4
+    encoder_lr: float = 1e-4
+    #: weight of the pixel (L1) loss of reconstructed real crops, for the generator and the encoder
+    reconstruction_weight: float = 5.0
+    #: weight of the code regression E(G(z)) ~ z
+    latent_weight: float = 1.0
+    #: R1 penalty on real crops, applied every ``r1_every`` steps (scaled to match)
+    r1_gamma: float = 1.0
+    r1_every: int = 8
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+class Critic(nn.Module):
+    """64 px RGB in [-1, 1] -> one logit per image: DCGAN's discriminator without batch norm."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for out_channels in (width, width * 2, width * 4, width * 8):  # 64 -> 32 -> 16 -> 8 -> 4
+            layers += [nn.Conv2d(channels, out_channels, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            channels = out_channels
+        layers.append(nn.Conv2d(channels, 1, 4, 1, 0))
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.main(image).flatten()
+
+
+@dataclass
+class GeneratorTrainingState:
+    generator: DigiFaceDCGAN
+    encoder: LatentEncoder
+    critic: Critic
+    step: int = 0
+
+
+def train_generator(
+    generator: DigiFaceDCGAN,
+    encoder: LatentEncoder,
+    real_faces: torch.Tensor,
+    *,
+    config: GeneratorTraining = GeneratorTraining(),
+    checkpoint: Path | None = None,
+    stop_at: int | None = None,
+) -> GeneratorTrainingState:
+    """Fine-tune ``generator`` and ``encoder`` (in place) on ``real_faces`` (N, 3, 64, 64) in
+    [-1, 1]; resume from ``checkpoint`` when it exists and save it every ``checkpoint_every`` steps.
+    ``stop_at`` ends this run early (a later run continues from the checkpoint)."""
+    if real_faces.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(
+            f"real faces must be (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), not {tuple(real_faces.shape)}"
+        )
+    torch.manual_seed(config.seed)
+    critic = Critic()
+    # batch norm on its running statistics throughout: eval mode, but every weight trains
+    generator.eval().requires_grad_(True)
+    encoder.train().requires_grad_(True)
+    betas = (0.5, 0.99)
+    optimisers: dict[str, torch.optim.Optimizer] = {
+        "generator": torch.optim.Adam(generator.parameters(), lr=config.generator_lr, betas=betas),
+        "encoder": torch.optim.Adam(encoder.parameters(), lr=config.encoder_lr, betas=betas),
+        "critic": torch.optim.Adam(critic.parameters(), lr=config.discriminator_lr, betas=betas),
+    }
+    sampler = torch.Generator().manual_seed(config.seed)
+    state = GeneratorTrainingState(generator, encoder, critic)
+    if checkpoint is not None and checkpoint.exists():
+        _load_checkpoint(checkpoint, state, optimisers, sampler, config)
+        log.info("resuming generator training at step %d", state.step)
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    progress = tqdm(range(state.step, end), initial=state.step, total=config.steps, desc="train-generator")
+    for step in progress:
+        losses = _train_step(state, optimisers, real_faces, sampler, config, step)
+        progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})
+        state.step = step + 1
+        if checkpoint is not None and (state.step % config.checkpoint_every == 0 or state.step == end):
+            _save_checkpoint(checkpoint, state, optimisers, sampler, config)
+    generator.eval().requires_grad_(False)
+    encoder.eval().requires_grad_(False)
+    return state
+
+
+def _train_step(
+    state: GeneratorTrainingState,
+    optimisers: dict[str, torch.optim.Optimizer],
+    real_faces: torch.Tensor,
+    sampler: torch.Generator,
+    config: GeneratorTraining,
+    step: int,
+) -> dict[str, float]:
+    generator, encoder, critic = state.generator, state.encoder, state.critic
+    size = config.batch_size
+    picks = torch.randint(len(real_faces), (size,), generator=sampler)
+    flips = torch.rand(size, generator=sampler) < 0.5
+    real = real_faces[picks]
+    real = torch.where(flips[:, None, None, None], real.flip(-1), real)
+    z = torch.randn(size, Z_DIM, generator=sampler)
+
+    # critic: real crops against samples and reconstructions
+    with torch.no_grad():
+        fakes = torch.cat([generator(z), generator(encoder(real).flatten(1))])
+    real.requires_grad_(step % config.r1_every == 0)
+    real_logits = critic(real)
+    critic_loss = F.softplus(-real_logits).mean() + F.softplus(critic(fakes)).mean()
+    if real.requires_grad:
+        (gradient,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+        r1 = gradient.square().flatten(1).sum(1).mean()
+        critic_loss = critic_loss + 0.5 * config.r1_gamma * config.r1_every * r1
+    optimisers["critic"].zero_grad(set_to_none=True)
+    critic_loss.backward()
+    optimisers["critic"].step()
+    real = real.detach()
+
+    # generator and encoder: fool the critic, reconstruct real crops, recover the codes of samples
+    critic.requires_grad_(False)
+    samples = generator(z)
+    reconstructions = generator(encoder(real).flatten(1))
+    adversarial = F.softplus(-critic(torch.cat([samples, reconstructions]))).mean()
+    reconstruction = F.l1_loss(reconstructions, real)
+    latent = F.mse_loss(encoder(samples.detach()).flatten(1), z)
+    loss = adversarial + config.reconstruction_weight * reconstruction + config.latent_weight * latent
+    optimisers["generator"].zero_grad(set_to_none=True)
+    optimisers["encoder"].zero_grad(set_to_none=True)
+    loss.backward()
+    optimisers["generator"].step()
+    optimisers["encoder"].step()
+    critic.requires_grad_(True)
+    return {
+        "critic": critic_loss.item(),
+        "adversarial": adversarial.item(),
+        "pixel": reconstruction.item(),
+        "latent": latent.item(),
+    }
+
+
+def _save_checkpoint(
+    path: Path,
+    state: GeneratorTrainingState,
+    optimisers: dict[str, torch.optim.Optimizer],
+    sampler: torch.Generator,
+    config: GeneratorTraining,
+) -> None:
+    payload = {
+        "config": asdict(config),
+        "step": state.step,
+        "generator": state.generator.state_dict(),
+        "encoder": state.encoder.state_dict(),
+        "critic": state.critic.state_dict(),
+        "optimisers": {name: optimiser.state_dict() for name, optimiser in optimisers.items()},
+        "sampler": sampler.get_state(),
+    }
+    temporary = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, temporary)
+    temporary.replace(path)
+
+
+def _load_checkpoint(
+    path: Path,
+    state: GeneratorTrainingState,
+    optimisers: dict[str, torch.optim.Optimizer],
+    sampler: torch.Generator,
+    config: GeneratorTraining,
+) -> None:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if _resumable(payload["config"]) != _resumable(asdict(config)):
+        raise ValueError(f"{path} was written with other training settings: {payload['config']}")
+    state.generator.load_state_dict(payload["generator"])
+    state.encoder.load_state_dict(payload["encoder"])
+    state.critic.load_state_dict(payload["critic"])
+    for name, optimiser in optimisers.items():
+        optimiser.load_state_dict(payload["optimisers"][name])
+    sampler.set_state(payload["sampler"])
+    state.step = payload["step"]
+
+
+def _resumable(settings: dict[str, object]) -> dict[str, object]:
+    """The settings a continued run must share: all but how long it runs and how often it saves."""
+    return {name: value for name, value in settings.items() if name not in ("steps", "checkpoint_every")}

@@ -1,0 +1,82 @@
+"""``models train-generator``'s loop: deterministic, resumable to the same weights, and its output
+loads as a DCGAN checkpoint with its SHA-256 checked. Tiny random networks and data: no weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from faceanonymixer.errors import ModelFormatError
+from faceanonymixer.models.dcgan import DigiFaceDCGAN, load_digiface_dcgan, save_dcgan
+from faceanonymixer.models.latent_encoder import LatentEncoder
+from faceanonymixer.training.generator import GeneratorTraining, train_generator
+
+CONFIG = GeneratorTraining(steps=4, batch_size=2, r1_every=2, checkpoint_every=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def networks() -> tuple[DigiFaceDCGAN, LatentEncoder]:
+    torch.manual_seed(1)
+    return DigiFaceDCGAN(), LatentEncoder()
+
+
+def faces() -> torch.Tensor:
+    return torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in model.state_dict().items()}
+
+
+def test_resumed_training_equals_one_run(tmp_path: Path) -> None:
+    generator, encoder = networks()
+    before = weights(generator)
+    train_generator(generator, encoder, faces(), config=CONFIG)
+    whole = weights(generator), weights(encoder)
+    assert any(not torch.equal(before[name], whole[0][name]) for name in before)
+
+    generator, encoder = networks()
+    checkpoint = tmp_path / "state.pt"
+    first = train_generator(generator, encoder, faces(), config=CONFIG, checkpoint=checkpoint, stop_at=2)
+    assert first.step == 2
+    generator, encoder = networks()  # a fresh process: everything comes from the checkpoint
+    second = train_generator(generator, encoder, faces(), config=CONFIG, checkpoint=checkpoint)
+    assert second.step == CONFIG.steps
+    for trained, expected in zip((weights(generator), weights(encoder)), whole, strict=True):
+        assert trained.keys() == expected.keys()
+        for name in expected:
+            torch.testing.assert_close(trained[name], expected[name], rtol=0, atol=0)
+    assert not any(p.requires_grad for p in generator.parameters())
+
+
+def test_refuses_to_resume_with_other_settings(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "state.pt"
+    train_generator(*networks(), faces(), config=CONFIG, checkpoint=checkpoint, stop_at=1)
+    other = GeneratorTraining(steps=4, batch_size=2, r1_every=2, reconstruction_weight=1.0)
+    with pytest.raises(ValueError, match="other training settings"):
+        train_generator(*networks(), faces(), config=other, checkpoint=checkpoint)
+    # more steps is a continuation, not other settings
+    longer = GeneratorTraining(steps=5, batch_size=2, r1_every=2, checkpoint_every=1)
+    assert train_generator(*networks(), faces(), config=longer, checkpoint=checkpoint).step == 5
+
+
+def test_rejects_faces_of_another_size() -> None:
+    with pytest.raises(ValueError, match="64"):
+        train_generator(*networks(), torch.zeros(2, 3, 32, 32), config=CONFIG)
+
+
+def test_saved_generator_loads_with_its_sha256(tmp_path: Path) -> None:
+    generator, _ = networks()
+    path = tmp_path / "g.pt"
+    sha256 = save_dcgan(generator, path)
+    loaded = load_digiface_dcgan(path, sha256=sha256)
+    z = torch.randn(2, 100)
+    torch.testing.assert_close(loaded(z), generator.eval()(z))
+    with pytest.raises(ModelFormatError, match="SHA-256"):
+        load_digiface_dcgan(path, sha256="0" * 64)
