@@ -17,16 +17,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import typer
 from test_ffhq_profile import registered, tiny_stack  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
-from faceanonymixer.cli_export import export_app
+from faceanonymixer.cli import app as cli
 from faceanonymixer.engine import PreparedFace, ProtectionEngine, Subject
 from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.model_zoo import MODELS_DIR_ENV
 from faceanonymixer.profiles import EMBEDDED
 from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.service.server import engine_factory
+from faceanonymixer.service.settings import ServiceSettings, SettingsError
 from faceanonymixer_export import onnx_export
 from faceanonymixer_export.manifest import MANIFEST, read_manifest
 from faceanonymixer_export.onnx_export import export_profile
@@ -34,10 +35,6 @@ from faceanonymixer_export.runtime import OnnxExport, OnnxForwardPasses, availab
 
 PHOTOS = ("obama/obama.jpg", "biden/biden.jpg", "kit_harington/john2.jpeg")
 KEY = ProtectionKey(bytes(range(32)))
-
-# a local app until the lead registers ``export`` on the real one
-cli = typer.Typer()
-cli.add_typer(export_app, name="export")
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +213,27 @@ def test_engine_on_onnx_matches_the_torch_engine(
 def test_engine_onnx_runtime_needs_a_folder(weights: None) -> None:
     with pytest.raises(ValueError, match="onnx_dir"):
         ProtectionEngine("embedded", device="cpu", runtime="onnx")
+    with pytest.raises(SettingsError, match="onnx_dir"):
+        ServiceSettings.load(runtime="onnx")
+
+
+def test_the_server_and_the_protect_command_run_on_onnx(
+    exported: Path, faces_root: Path, tmp_path: Path
+) -> None:
+    settings = ServiceSettings.load(runtime="onnx", onnx_dir=str(exported), optimisation={"steps": 1})
+    assert isinstance(engine_factory(settings)().passes, OnnxForwardPasses)
+    key_file = tmp_path / "key.bin"
+    key_file.write_bytes(KEY.material)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "protect", str(faces_root / "fr_examples" / PHOTOS[0]), "--key-file", str(key_file),
+            "--out", str(out), "--steps", "1", "--runtime", "onnx", "--onnx-dir", str(exported),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [path.name for path in out.iterdir()] == ["obama.png"]
 
 
 def test_ffhq_export_without_pulled_models_fails_with_one_line_and_writes_nothing(

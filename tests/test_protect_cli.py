@@ -175,6 +175,19 @@ def test_a_missing_key_file_exits_4(tmp_path: Path, photos: list[Path]) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [(["--runtime", "onnx"], "--onnx-dir"), (["--runtime", "tensorflow"], "torch or onnx")],
+)
+def test_a_runtime_without_its_graphs_or_unknown_exits_2(
+    tmp_path: Path, photos: list[Path], key_file: Path, options: list[str], expected: str
+) -> None:
+    out = tmp_path / "out"
+    line = assert_one_line_error(protect(photos[0], "--key-file", key_file, "--out", out, *options), 2)
+    assert expected in line
+    assert not out.exists()
+
+
 def test_two_inputs_with_the_same_stem_exit_2(tmp_path: Path, key_file: Path) -> None:
     for folder, suffix in (("a", "png"), ("b", "jpg")):
         (tmp_path / folder).mkdir()

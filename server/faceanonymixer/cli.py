@@ -115,6 +115,12 @@ def protect(
     steps: Annotated[
         int | None, typer.Option(min=0, help="Optimisation steps (local; profile default: 50).")
     ] = None,
+    runtime: Annotated[
+        str, typer.Option(help="Gradient-free passes on torch or onnx (local; onnx needs --onnx-dir).")
+    ] = "torch",
+    onnx_dir: Annotated[
+        Path | None, typer.Option(help="Folder of `faceanonymixer export onnx` (local, --runtime onnx).")
+    ] = None,
     server: ServerOption = None,
     token: TokenOption = None,
     tls_ca: TlsCaOption = None,
@@ -149,7 +155,9 @@ def protect(
             from faceanonymixer.cli_protect import load_local_key, protect_locally
 
             key = load_local_key(key_file, key_version, key_id, keystore, tenant)
-            protected = protect_locally(images, key, profile, crop=crop, steps=steps)
+            protected = protect_locally(
+                images, key, profile, crop=crop, steps=steps, runtime=runtime, onnx_dir=onnx_dir
+            )
         # every result exists before the first file is written: a failure leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)
         written = _write_all([out / f"{stem}.png" for stem in stems], [item.pixels for item in protected])

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from faceanonymixer.cli_remote import Remote
 from faceanonymixer.imageio import RGBImage, decode_image_bytes
 from faceanonymixer.protection_key import ProtectionKey
 from faceanonymixer_client import Protection
+
+if TYPE_CHECKING:
+    from faceanonymixer.engine import Runtime
 
 
 @dataclass
@@ -39,12 +42,25 @@ def load_local_key(
 
 
 def protect_locally(
-    images: list[Path], key: ProtectionKey, profile: str, *, crop: bool, steps: int | None
+    images: list[Path],
+    key: ProtectionKey,
+    profile: str,
+    *,
+    crop: bool,
+    steps: int | None,
+    runtime: str = "torch",
+    onnx_dir: Path | None = None,
 ) -> list[ProtectedOutput]:
+    from faceanonymixer.errors import InvalidRequestError
     from faceanonymixer.protector import Protector
 
+    if runtime not in ("torch", "onnx"):
+        raise InvalidRequestError(f"--runtime must be torch or onnx, not {runtime!r}", field="runtime")
+    if runtime == "onnx" and onnx_dir is None:
+        raise InvalidRequestError("--runtime onnx needs --onnx-dir", field="onnx_dir")
     overrides: dict[str, Any] = {} if steps is None else {"steps": steps}
-    results = Protector(profile, **overrides).protect(list(images), key)
+    protector = Protector(profile, runtime=cast("Runtime", runtime), onnx_dir=onnx_dir, **overrides)
+    results = protector.protect(list(images), key)
     return [
         ProtectedOutput(
             pixels=result.face if crop else result.photo,

@@ -109,7 +109,12 @@ FFHQ = Profile(
     alignment="ffhq",
 )
 
-PROFILES: dict[str, Profile] = {profile.profile_id: profile for profile in (EMBEDDED, FFHQ)}
+#: The DCGAN fine-tuned on real faces (``models train-generator``) with its own encoder.
+EMBEDDED_LFW = replace(
+    EMBEDDED, profile_id="embedded-lfw", generator="lfw-dcgan", encoder="lfw-dcgan-encoder"
+)
+
+PROFILES: dict[str, Profile] = {profile.profile_id: profile for profile in (EMBEDDED, EMBEDDED_LFW, FFHQ)}
 
 
 def get_profile(name: str) -> Profile:

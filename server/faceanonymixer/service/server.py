@@ -55,7 +55,14 @@ def engine_factory(settings: ServiceSettings) -> Callable[[], ProtectionEngine]:
 
         device = settings.device or default_device()
         aligner = FaceAligner(multiple_faces=settings.multiple_faces)
-        return ProtectionEngine(profile, optimisation=optimisation, device=device, aligner=aligner)
+        return ProtectionEngine(
+            profile,
+            optimisation=optimisation,
+            device=device,
+            aligner=aligner,
+            runtime=settings.runtime,
+            onnx_dir=settings.onnx_dir,
+        )
 
     return build
 

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -57,6 +57,11 @@ class ServiceSettings(BaseSettings):
     )
     profile: str = Field("embedded", description="Model profile of this server and of new keys.")
     device: str | None = Field(None, description="torch device of the engines (default: CUDA when present).")
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="Where the gradient-free passes run: torch, or onnxruntime on the graphs in onnx_dir.",
+    )
+    onnx_dir: Path | None = Field(None, description="Folder written by `faceanonymixer export onnx`.")
     multiple_faces: Literal["largest", "error"] = Field(
         "largest",
         description="Several faces in a photo: protect the largest, or refuse (error: MULTIPLE_FACES).",
@@ -101,6 +106,12 @@ class ServiceSettings(BaseSettings):
     def _valid_listen(cls, value: str) -> str:
         split_address(value)
         return value
+
+    @model_validator(mode="after")
+    def _onnx_runtime_has_its_graphs(self) -> ServiceSettings:
+        if self.runtime == "onnx" and self.onnx_dir is None:
+            raise ValueError("runtime onnx needs onnx_dir (a folder of `faceanonymixer export onnx`)")
+        return self
 
     @field_validator("metrics_listen")
     @classmethod
