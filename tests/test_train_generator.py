@@ -7,11 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from faceanonymixer.errors import ModelFormatError
+from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
 from faceanonymixer.models.dcgan import DigiFaceDCGAN, load_digiface_dcgan, save_dcgan
 from faceanonymixer.models.latent_encoder import LatentEncoder
-from faceanonymixer.training.generator import GeneratorTraining, train_generator
+from faceanonymixer.training import generator as training
+from faceanonymixer.training.encoder import TrainingFaces
+from faceanonymixer.training.generator import (
+    GeneratorTraining,
+    cached_training_faces,
+    train_generator,
+    write_training_record,
+)
 
 CONFIG = GeneratorTraining(steps=4, batch_size=2, r1_every=2, checkpoint_every=1)
 
@@ -80,3 +88,32 @@ def test_saved_generator_loads_with_its_sha256(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded(z), generator.eval()(z))
     with pytest.raises(ModelFormatError, match="SHA-256"):
         load_digiface_dcgan(path, sha256="0" * 64)
+
+
+def test_the_record_lists_the_photos_and_draws_samples_and_reconstructions(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    paths = [data / "ann" / "1.jpg", data / "bob" / "2.jpg"]
+    state = train_generator(*networks(), faces(), config=GeneratorTraining(steps=1, batch_size=2))
+    photos, grid = write_training_record(state, TrainingFaces(faces(), paths), data, tmp_path, "g")
+    assert photos.read_text() == "ann/1.jpg\nbob/2.jpg\n"
+    with Image.open(grid) as image:
+        assert image.size == (12 * 64, 4 * 64)  # 2 rows of samples, real crops, reconstructions
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["g_photos.txt", "g_samples.png"]
+
+
+def test_aligned_faces_are_cached_with_their_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, cache = tmp_path / "data", tmp_path / "state.pt.faces.pt"
+    aligned = TrainingFaces(faces(), [data / "ann" / "1.jpg"])
+    calls = []
+
+    def align(root: Path, generator: object, *, limit: int) -> TrainingFaces:
+        calls.append(limit)
+        return aligned
+
+    monkeypatch.setattr(training, "aligned_training_faces", align)
+    first = cached_training_faces(data, None, cache, limit=5)  # type: ignore[arg-type]
+    again = cached_training_faces(data, None, cache, limit=5)  # type: ignore[arg-type]
+    assert calls == [5] and again.paths == first.paths == aligned.paths
+    torch.testing.assert_close(again.pixels, aligned.pixels, rtol=0, atol=0)
+    with pytest.raises(FaceAnonyMixerError, match="delete it"):
+        cached_training_faces(data, None, cache, limit=6)  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ def train_encoder_command(
         torch.manual_seed(seed)
         model = load_generator(generator)
         config = EncoderTraining(steps=steps, seed=seed, max_real_photos=max_real_photos)
-        faces = aligned_training_faces(data, model, limit=config.max_real_photos)
+        faces = aligned_training_faces(data, model, limit=config.max_real_photos).pixels
         target = out or WEIGHTS_DIR / "embedded_encoder.pt"
         sha256 = train_encoder(model, faces, target, config=config, checkpoint=checkpoint)
         if target.parent.resolve() == WEIGHTS_DIR.resolve():
@@ -93,23 +93,22 @@ def train_generator_command(
         from faceanonymixer.generators import DigiFaceGenerator
         from faceanonymixer.models.dcgan import load_digiface_dcgan, save_dcgan
         from faceanonymixer.models.latent_encoder import load_latent_encoder, save_latent_encoder
-        from faceanonymixer.training.encoder import aligned_training_faces
-        from faceanonymixer.training.generator import GeneratorTraining, train_generator
+        from faceanonymixer.training.generator import (
+            GeneratorTraining,
+            cached_training_faces,
+            train_generator,
+            write_training_record,
+        )
         from faceanonymixer.weights import WEIGHTS_DIR, record_weights, weights_entry
 
         torch.manual_seed(seed)
         generator = load_digiface_dcgan()
         encoder = load_latent_encoder(weights_entry(ENCODER_WEIGHTS_NAME).path)
         cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
-        if cache.exists():
-            faces = torch.load(cache, weights_only=True)
-        else:
-            faces = aligned_training_faces(data, DigiFaceGenerator(generator), limit=max_real_photos)
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(faces, cache)
+        faces = cached_training_faces(data, DigiFaceGenerator(generator), cache, limit=max_real_photos)
         config = GeneratorTraining(steps=steps, seed=seed)
         state = train_generator(
-            generator, encoder, faces, config=config, checkpoint=checkpoint, stop_at=stop_at
+            generator, encoder, faces.pixels, config=config, checkpoint=checkpoint, stop_at=stop_at
         )
         if state.step < config.steps:
             typer.echo(f"stopped at step {state.step} of {config.steps}; run again to continue")
@@ -128,6 +127,8 @@ def train_generator_command(
             if target_dir.resolve() == WEIGHTS_DIR.resolve():
                 record_weights(name, file, sha256, command)
             typer.echo(f"{target_dir / file}  sha256 {sha256}")
+        for path in write_training_record(state, faces, data, target_dir, "lfw_dcgan"):
+            typer.echo(str(path))
 
 
 @models_app.command("identity-stats")

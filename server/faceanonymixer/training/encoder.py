@@ -41,18 +41,26 @@ class EncoderTraining:
     learning_rate: float = 1e-3
     pixel_weight: float = 1.0
     latent_weight: float = 1.0
-    #: at most this many real training photos are aligned (one per identity first, then more)
+    #: at most this many real training photos are aligned (the first ones, sorted by identity)
     max_real_photos: int = 4000
     seed: int = 0
     checkpoint_every: int = 250
 
 
+@dataclass(frozen=True)
+class TrainingFaces:
+    #: (N, 3, S, S) in [-1, 1], cut onto the generator's landmark template
+    pixels: torch.Tensor
+    #: the photo each crop was cut from, in the same order (photos without a face are left out)
+    paths: list[Path]
+
+
 def aligned_training_faces(
     root: Path, generator: Generator, *, limit: int, aligner: FaceAligner | None = None
-) -> torch.Tensor:
-    """Real photos aligned to the generator's template: (N, 3, S, S) in [-1, 1]."""
+) -> TrainingFaces:
+    """The first ``limit`` photos under ``root`` (sorted by identity, then name) that align."""
     aligner = aligner or FaceAligner()
-    crops = []
+    crops, used = [], []
     items = list_identity_images(root)[:limit]
     for _, path in tqdm(items, desc="aligning training faces", unit="photo"):
         try:
@@ -64,9 +72,10 @@ def aligned_training_faces(
             pixels, aligned.landmarks, generator.require_landmark_template(), generator.image_size
         )
         crops.append(crop)
+        used.append(path)
     if not crops:
         raise FaceAnonyMixerError(f"no face could be aligned under {root}")
-    return chips_to_tensor(crops) / 127.5 - 1.0
+    return TrainingFaces(chips_to_tensor(crops) / 127.5 - 1.0, used)
 
 
 def train_encoder(

@@ -26,13 +26,18 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.generators import Generator
+from faceanonymixer.imageio import write_png_atomic
 from faceanonymixer.models.dcgan import IMAGE_SIZE, Z_DIM, DigiFaceDCGAN
 from faceanonymixer.models.latent_encoder import LatentEncoder
+from faceanonymixer.training.encoder import TrainingFaces, aligned_training_faces
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +227,46 @@ def _load_checkpoint(
 def _resumable(settings: dict[str, object]) -> dict[str, object]:
     """The settings a continued run must share: all but how long it runs and how often it saves."""
     return {name: value for name, value in settings.items() if name not in ("steps", "checkpoint_every")}
+
+
+def cached_training_faces(data: Path, generator: Generator, cache: Path, *, limit: int) -> TrainingFaces:
+    """Aligned crops of ``data`` (the first ``limit`` photos that align), cached in ``cache``: the
+    alignment takes minutes and every continued run needs the same crops."""
+    if cache.exists():
+        payload = torch.load(cache, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("limit") != limit:
+            raise FaceAnonyMixerError(f"{cache} holds other training faces; delete it to align again")
+        return TrainingFaces(payload["pixels"], [data / name for name in payload["photos"]])
+    faces = aligned_training_faces(data, generator, limit=limit)
+    payload = {
+        "pixels": faces.pixels,
+        "photos": [path.relative_to(data).as_posix() for path in faces.paths],
+        "limit": limit,
+    }
+    temporary = cache.with_name(f".{cache.name}.tmp")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, temporary)
+    temporary.replace(cache)
+    return faces
+
+
+def write_training_record(
+    state: GeneratorTrainingState, faces: TrainingFaces, data: Path, out_dir: Path, stem: str
+) -> tuple[Path, Path]:
+    """What was trained on and what came out: ``<stem>_photos.txt`` (the photos, relative to
+    ``data``) and ``<stem>_samples.png`` (two rows of samples from seed 0, then real crops over
+    their reconstructions G(E(x)))."""
+    photos = out_dir / f"{stem}_photos.txt"
+    temporary = photos.with_name(f".{photos.name}.tmp")
+    temporary.write_text("".join(f"{path.relative_to(data).as_posix()}\n" for path in faces.paths))
+    temporary.replace(photos)
+    columns = 12
+    with torch.no_grad():
+        z = torch.randn(2 * columns, Z_DIM, generator=torch.Generator().manual_seed(0))
+        samples = state.generator(z)
+        real = faces.pixels[torch.linspace(0, len(faces.pixels) - 1, columns).long()]
+        reconstructions = state.generator(state.encoder(real).flatten(1))
+    rows = [samples[:columns], samples[columns:], real, reconstructions]
+    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
+    pixels = ((grid.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return photos, write_png_atomic(out_dir / f"{stem}_samples.png", np.ascontiguousarray(pixels))
