@@ -128,7 +128,9 @@ def test_engine_agrees_with_the_reference_loop(
     mine, theirs = both(1, 1)
     assert mine.latents is not None
     np.testing.assert_allclose(mine.latents["protected"], theirs.latent[0].numpy(), atol=1e-4)
-    np.testing.assert_array_equal(mine.face, theirs.face)
+    # float rounding of the latent can tip a pixel that sits near .5 to the next 8-bit level
+    levels = np.abs(mine.face.astype(int) - theirs.face.astype(int))
+    assert levels.max() <= 1 and levels.mean() < 0.01
 
     # more steps, no inversion: a second inversion step already flips signs on this CPU or that
     # (the inverted latent moves by 2 x 0.05 in places), so only the mixing loop is compared here

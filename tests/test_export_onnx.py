@@ -128,9 +128,9 @@ def test_encoder_latents_and_generator_images_match_pytorch(
         z = torch.randn(3, engine.generator.z_dim, generator=torch.Generator().manual_seed(0))
         mapped = engine.generator.mapping(z)
     pairs = {
-        "embedded-encoder": (crops, latents),
-        "digiface-dcgan.synthesis": (latents, images),
-        "digiface-dcgan.mapping": (z, mapped),
+        EMBEDDED.encoder: (crops, latents),
+        f"{EMBEDDED.generator}.synthesis": (latents, images),
+        f"{EMBEDDED.generator}.mapping": (z, mapped),
     }
     for name, (inputs, expected) in pairs.items():
         for batch in (3, 1):
@@ -156,7 +156,7 @@ def test_a_changed_file_or_a_stale_export_is_refused(
     copy = tmp_path / "copy"
     copy.mkdir()
     manifest = read_manifest(exported)
-    mapping = manifest.model("digiface-dcgan.mapping")
+    mapping = manifest.model(f"{EMBEDDED.generator}.mapping")
     shutil.copy(exported / MANIFEST, copy / MANIFEST)
     data = bytearray((exported / mapping.file).read_bytes())
     data[-1] ^= 1
