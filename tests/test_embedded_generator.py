@@ -62,8 +62,6 @@ def test_one_shared_key_keeps_a_person_together_and_people_apart(
         float(np.linalg.norm(embeddings[a] - embeddings[b]))  # type: ignore[operator]
         for a, b in ((0, 1), (0, 2), (1, 2))
     )
-    print(
-        f"dlib distances under one shared key: same person {same:.3f}, other {first_other:.3f}, {second_other:.3f}"
-    )
+    print(f"dlib distances, one shared key: same {same:.3f}, others {first_other:.3f} {second_other:.3f}")
     assert same < 0.6
     assert first_other >= 0.6 and second_other >= 0.6
