@@ -37,6 +37,7 @@ from faceanonymixer.generators import Generator
 from faceanonymixer.imageio import write_png_atomic
 from faceanonymixer.models.dcgan import IMAGE_SIZE, Z_DIM, DigiFaceDCGAN
 from faceanonymixer.models.latent_encoder import LatentEncoder
+from faceanonymixer.outputs import write_atomic
 from faceanonymixer.training.encoder import TrainingFaces, aligned_training_faces
 
 log = logging.getLogger(__name__)
@@ -199,10 +200,7 @@ def _save_checkpoint(
         "optimisers": {name: optimiser.state_dict() for name, optimiser in optimisers.items()},
         "sampler": sampler.get_state(),
     }
-    temporary = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, temporary)
-    temporary.replace(path)
+    _save_atomically(payload, path)
 
 
 def _load_checkpoint(
@@ -243,10 +241,7 @@ def cached_training_faces(data: Path, generator: Generator, cache: Path, *, limi
         "photos": [path.relative_to(data).as_posix() for path in faces.paths],
         "limit": limit,
     }
-    temporary = cache.with_name(f".{cache.name}.tmp")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, temporary)
-    temporary.replace(cache)
+    _save_atomically(payload, cache)
     return faces
 
 
@@ -257,9 +252,7 @@ def write_training_record(
     ``data``) and ``<stem>_samples.png`` (two rows of samples from seed 0, then real crops over
     their reconstructions G(E(x)))."""
     photos = out_dir / f"{stem}_photos.txt"
-    temporary = photos.with_name(f".{photos.name}.tmp")
-    temporary.write_text("".join(f"{path.relative_to(data).as_posix()}\n" for path in faces.paths))
-    temporary.replace(photos)
+    write_atomic(photos, "".join(f"{path.relative_to(data).as_posix()}\n" for path in faces.paths).encode())
     columns = 12
     with torch.no_grad():
         z = torch.randn(2 * columns, Z_DIM, generator=torch.Generator().manual_seed(0))
@@ -270,3 +263,11 @@ def write_training_record(
     grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
     pixels = ((grid.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     return photos, write_png_atomic(out_dir / f"{stem}_samples.png", np.ascontiguousarray(pixels))
+
+
+def _save_atomically(payload: dict[str, object], path: Path) -> None:
+    """A torch file appears whole or not at all: an interrupted run keeps its last checkpoint."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, temporary)
+    temporary.replace(path)
