@@ -24,7 +24,6 @@ from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.engine import (
     ATTRIBUTE_POOL,
     FEATHER,
-    LATENT_PURPOSE,
     PreparedFace,
     ProtectionEngine,
     _resize,
@@ -32,10 +31,10 @@ from faceanonymixer.engine import (
     set_memory_format,
 )
 from faceanonymixer.generators import LatentRole
-from faceanonymixer.identity_target import key_target_map, target_identity
+from faceanonymixer.identity_target import key_target_map, synthetic_code, target_identity
 from faceanonymixer.imageio import RGBImage
 from faceanonymixer.profiles import OptimisationConfig
-from faceanonymixer.protection_key import ProtectionKey, key_generator
+from faceanonymixer.protection_key import ProtectionKey
 
 __all__ = ["ReferenceResult", "reference_protect"]
 
@@ -63,7 +62,13 @@ class _Inputs:
         self.mask = F.grid_sample(mask[None, None], self.grid, align_corners=False)
         with torch.no_grad():
             self.original = recognizer(self.chip)
-            z = torch.randn(1, generator.z_dim, generator=key_generator(key, profile_id, LATENT_PURPOSE))
+            z = synthetic_code(
+                key,
+                profile_id,
+                generator.z_dim,
+                self.original - engine.identity_centre,
+                config.synthetic_identity_weight,
+            )
             self.synthetic = generator.mapping(z)
         mapping = config.target_gain * key_target_map(
             key, profile_id, self.original.shape[1], config.target_rank

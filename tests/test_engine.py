@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from faceanonymixer.engine import LATENT_PURPOSE, ProtectionEngine, ProtectionResult, Subject
+from faceanonymixer.embedding import chips_to_tensor
+from faceanonymixer.engine import ProtectionEngine, ProtectionResult, Subject
 from faceanonymixer.errors import InvalidKeyError, NoFaceError, ProtectionCancelledError
 from faceanonymixer.generators import DigiFaceGenerator, LatentRole
+from faceanonymixer.identity_target import synthetic_code
 from faceanonymixer.imageio import load_image
-from faceanonymixer.protection_key import ProtectionKey, key_generator
+from faceanonymixer.protection_key import ProtectionKey
 from faceanonymixer.protector import Protector
 from faceanonymixer.weights import committed_weights
 
@@ -112,10 +114,19 @@ def test_the_photo_changes_only_around_the_face(result_a: ProtectionResult, phot
     assert not np.array_equal(result_a.face, result_a.original_face)
 
 
-def test_synthetic_latent_is_the_keys_seeded_draw(
-    result_a: ProtectionResult, engine: ProtectionEngine
+def test_synthetic_latent_is_the_keys_code_for_this_identity(
+    result_a: ProtectionResult, engine: ProtectionEngine, photo_path: Path
 ) -> None:
-    z = torch.randn(1, engine.generator.z_dim, generator=key_generator(KEY_A, "embedded", LATENT_PURPOSE))
+    face = engine.prepare(photo_path)
+    with torch.no_grad():
+        original = engine.recognizer(chips_to_tensor([face.chip.image]))
+    z = synthetic_code(
+        KEY_A,
+        "embedded",
+        engine.generator.z_dim,
+        original - engine.identity_centre,
+        engine.config.synthetic_identity_weight,
+    )
     with torch.no_grad():
         expected = engine.generator.mapping(z)[0].numpy()
     assert result_a.latents is not None

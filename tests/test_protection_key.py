@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from faceanonymixer.errors import InvalidKeyError
-from faceanonymixer.identity_target import TARGET_PURPOSE, key_target_map, target_identity
+from faceanonymixer.identity_target import (
+    LATENT_PURPOSE,
+    TARGET_PURPOSE,
+    key_target_map,
+    synthetic_code,
+    target_identity,
+)
 from faceanonymixer.protection_key import KEY_BYTES, ProtectionKey, as_key, derive_seed, key_generator
 
 KEY_A = bytes(range(32))
@@ -230,3 +236,45 @@ def test_target_identity_maps_around_the_centre() -> None:
     torch.testing.assert_close(targets, centre + (embeddings - centre) @ mapping.T)
     # the centre maps onto itself
     torch.testing.assert_close(target_identity(centre[None], centre, mapping), centre[None])
+
+
+# ---- the key's synthetic code --------------------------------------------------------------------
+
+
+def _directions(count: int, dim: int = 128) -> torch.Tensor:
+    return torch.randn(count, dim, generator=torch.Generator().manual_seed(3))
+
+
+def test_synthetic_code_without_identity_is_the_keys_seeded_draw() -> None:
+    key = ProtectionKey(KEY_A)
+    expected = torch.randn(1, 100, generator=key_generator(key, "embedded", LATENT_PURPOSE))
+    for direction in _directions(2):
+        torch.testing.assert_close(synthetic_code(key, "embedded", 100, direction[None], 0.0), expected)
+
+
+@pytest.mark.parametrize("z_dim", [100, 512])
+def test_synthetic_code_depends_on_the_identity_smoothly_and_keeps_a_gaussian_length(z_dim: int) -> None:
+    key = ProtectionKey(KEY_A)
+    person, other = _directions(2)
+    nearby = person + 0.2 * _directions(3)[2]  # another photo of the same person
+    codes = [synthetic_code(key, "embedded", z_dim, e[None], 0.6) for e in (person, nearby, other)]
+    assert codes[0].shape == (1, z_dim)
+    torch.testing.assert_close(codes[0], synthetic_code(key, "embedded", z_dim, person[None], 0.6))
+    assert (codes[0] - codes[1]).norm() < 0.5 * (codes[0] - codes[2]).norm()
+    # the length of the identity part matches a draw's, so the mixed code stays in distribution
+    assert codes[0].norm().item() == pytest.approx(z_dim**0.5, rel=0.25)
+    # only the direction of the centred embedding counts
+    torch.testing.assert_close(codes[0], synthetic_code(key, "embedded", z_dim, 3.0 * person[None], 0.6))
+
+
+def test_synthetic_code_of_one_identity_is_unrelated_under_another_key() -> None:
+    person = _directions(1)
+    first = synthetic_code(ProtectionKey(KEY_A), "embedded", 100, person, 0.6)
+    second = synthetic_code(ProtectionKey(KEY_B), "embedded", 100, person, 0.6)
+    assert (first - second).norm() > 0.8 * first.norm()
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_synthetic_code_refuses_a_weight_out_of_range(weight: float) -> None:
+    with pytest.raises(ValueError, match="identity_weight"):
+        synthetic_code(ProtectionKey(KEY_A), "embedded", 100, _directions(1), weight)

@@ -46,16 +46,19 @@ from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.errors import ProtectionCancelledError
 from faceanonymixer.generators import Generator, LatentRole, load_generator
 from faceanonymixer.identity_stats import load_identity_mean
-from faceanonymixer.identity_target import key_target_map, target_identity
+from faceanonymixer.identity_target import (
+    key_target_map,
+    synthetic_code,
+    target_identity,
+)
 from faceanonymixer.imageio import ImageInput, RGBImage, load_image
 from faceanonymixer.inverters import load_inverter
 from faceanonymixer.models.base import Recognizer
 from faceanonymixer.profiles import OptimisationConfig, Profile, get_profile
-from faceanonymixer.protection_key import ProtectionKey, key_generator
+from faceanonymixer.protection_key import ProtectionKey
 from faceanonymixer.recognizers import load_recognizer
 from faceanonymixer.weights import weights_entry
 
-LATENT_PURPOSE = "synthetic-latent"
 #: feathered border of the pasted face, as a fraction of the crop (loss and paste-back agree)
 FEATHER = 0.1
 ATTRIBUTE_POOL = 16
@@ -228,13 +231,15 @@ class ProtectionEngine:
         synthetic, targets = [], []
         for index, subject in enumerate(subjects):
             mine = owner == index
-            z = torch.randn(
-                1,
+            mean = original[mine].mean(dim=0, keepdim=True)
+            z = synthetic_code(
+                subject.key,
+                self.profile.profile_id,
                 self.generator.z_dim,
-                generator=key_generator(subject.key, self.profile.profile_id, LATENT_PURPOSE),
+                mean - centre,
+                config.synthetic_identity_weight,
             )
             synthetic.append(self.generator.mapping(z.to(self.device)).expand(int(mine.sum()), -1, -1))
-            mean = original[mine].mean(dim=0, keepdim=True)
             mapping = config.target_gain * key_target_map(
                 subject.key, self.profile.profile_id, mean.shape[1], config.target_rank
             )

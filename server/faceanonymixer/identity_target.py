@@ -26,6 +26,8 @@ import torch
 from faceanonymixer.protection_key import ProtectionKey, key_generator
 
 TARGET_PURPOSE = "identity-target"
+LATENT_PURPOSE = "synthetic-latent"
+LATENT_IDENTITY_PURPOSE = "synthetic-latent-identity"
 
 
 def key_target_map(key: ProtectionKey, profile_id: str, dim: int, rank: int) -> torch.Tensor:
@@ -41,3 +43,35 @@ def key_target_map(key: ProtectionKey, profile_id: str, dim: int, rank: int) -> 
 def target_identity(embeddings: torch.Tensor, centre: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
     """Targets for (N, dim) original embeddings around ``centre``."""
     return centre + (embeddings - centre) @ mapping.T
+
+
+def synthetic_code(
+    key: ProtectionKey, profile_id: str, z_dim: int, centred: torch.Tensor, identity_weight: float
+) -> torch.Tensor:
+    """The generator code of the key's synthetic face for one subject, (1, z_dim) on the CPU.
+
+    ``sqrt(1 - w^2) z_key + w sqrt(z_dim) W u``: ``z_key`` a key-seeded Gaussian code, ``u`` the
+    unit direction of the subject's centred embedding (1, dim) and ``W`` a key-seeded orthonormal
+    map, so the code stays a standard Gaussian draw. With ``w = 0`` everyone sharing a key starts
+    from one synthetic face (the published method, one key per person); with ``w > 0`` people
+    sharing a key start from different faces, while photos of one person (close directions) start
+    close together, and another key draws unrelated ``z_key`` and ``W``.
+    """
+    if not 0.0 <= identity_weight <= 1.0:
+        raise ValueError(f"identity_weight must be between 0 and 1, not {identity_weight}")
+    code = torch.randn(1, z_dim, generator=key_generator(key, profile_id, LATENT_PURPOSE))
+    if identity_weight == 0.0:
+        return code
+    dim = centred.shape[-1]
+    draw = torch.randn(
+        max(z_dim, dim),
+        min(z_dim, dim),
+        generator=key_generator(key, profile_id, LATENT_IDENTITY_PURPOSE),
+        dtype=torch.float64,
+    )
+    basis = torch.linalg.qr(draw).Q.float()  # orthonormal columns
+    projection = basis if z_dim >= dim else basis.T  # (z_dim, dim)
+    direction = torch.nn.functional.normalize(centred.detach().cpu().float().reshape(1, dim), dim=1)
+    # scaled so that its length matches a Gaussian draw's, about sqrt(z_dim)
+    identity = math.sqrt(z_dim) * torch.nn.functional.normalize(direction @ projection.T, dim=1)
+    return math.sqrt(1.0 - identity_weight**2) * code + identity_weight * identity

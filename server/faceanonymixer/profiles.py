@@ -29,6 +29,9 @@ class OptimisationConfig:
     target_rank: int = 64
     #: scale of the target's distance from the real-face centre (1 keeps real-face spread)
     target_gain: float = 1.0
+    #: share of the key's synthetic face drawn from the subject's identity (0: from the key
+    #: alone, as published); above 0, people sharing one key start from different faces
+    synthetic_identity_weight: float = 0.0
     #: opt-in: end the loop once every face is done: its anonymity term at 0 over the last
     #: ``early_stop_patience`` steps, and its identity term improved by less than
     #: ``early_stop_tolerance`` (relative) over them. The identity term never reaches 0 (the
@@ -46,6 +49,8 @@ class OptimisationConfig:
             raise ValueError("milestones are fractions of the steps, in (0, 1]")
         if self.learning_rate <= 0 or self.inversion_learning_rate <= 0:
             raise ValueError("learning rates must be positive")
+        if not 0.0 <= self.synthetic_identity_weight <= 1.0:
+            raise ValueError("synthetic_identity_weight must be between 0 and 1")
         if self.target_rank < 1:
             raise ValueError("target_rank must be at least 1")
         if self.early_stop_tolerance < 0 or self.early_stop_patience < 1:
