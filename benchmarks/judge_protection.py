@@ -13,7 +13,8 @@ Data
     Each SET_DIR is a folder of ``<identity>/<image>`` files. Identities are taken in sorted order,
     set after set; an identity is used when it has at least ``--min-images`` photos, of which the
     first ``--max-images`` (sorted by name) are kept, until ``--max-identities`` identities are
-    collected over all sets. Labels are ``<set>/<identity>``. Photos the engine cannot decode or
+    collected over all sets (after passing over the first ``--skip-identities`` usable ones: a
+    slice held out from tuning). Labels are ``<set>/<identity>``. Photos the engine cannot decode or
     align (typed :class:`~faceanonymixer.errors.FaceAnonyMixerError`) are counted and skipped.
 Keys
     Derived from ``--seed``: for each identity a key A = sha256("<seed>:<label>:A") and a second
@@ -217,11 +218,17 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def collect_identities(
-    roots: Sequence[Path], *, max_identities: int | None, max_images: int | None, min_images: int
+    roots: Sequence[Path],
+    *,
+    max_identities: int | None,
+    max_images: int | None,
+    min_images: int,
+    skip_identities: int = 0,
 ) -> list[tuple[str, Path]]:
-    """(``<set>/<identity>``, path) for identities with at least ``min_images`` photos, set after set."""
+    """(``<set>/<identity>``, path) for identities with at least ``min_images`` photos, set after set;
+    the first ``skip_identities`` such identities are passed over (a slice not tuned on)."""
     chosen: list[tuple[str, Path]] = []
-    count = 0
+    count, skipped = 0, 0
     for root in roots:
         grouped: dict[str, list[Path]] = {}
         for identity, path in list_identity_images(root, max_images=max_images):
@@ -231,6 +238,9 @@ def collect_identities(
                 return chosen
             paths = grouped[identity]
             if len(paths) < min_images:
+                continue
+            if skipped < skip_identities:
+                skipped += 1
                 continue
             chosen.extend((f"{root.name}/{identity}", path) for path in paths)
             count += 1
@@ -434,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("sets", nargs="+", type=Path, metavar="SET_DIR", help="<identity>/<image> folders")
     parser.add_argument("--max-identities", type=int, default=None, help="identities in total (all sets)")
+    parser.add_argument(
+        "--skip-identities", type=int, default=0, help="pass over the first N usable identities"
+    )
     parser.add_argument("--max-images", type=int, default=None, help="photos per identity (first by name)")
     parser.add_argument("--min-images", type=int, default=2, help="skip identities with fewer photos")
     parser.add_argument(
@@ -468,7 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["steps"] = args.steps
 
     items = collect_identities(
-        args.sets, max_identities=args.max_identities, max_images=args.max_images, min_images=args.min_images
+        args.sets,
+        max_identities=args.max_identities,
+        max_images=args.max_images,
+        min_images=args.min_images,
+        skip_identities=args.skip_identities,
     )
     if not items:
         print("no identity has enough photos", file=sys.stderr)
@@ -580,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "protocol": {
             "sets": [str(s) for s in args.sets],
             "max_identities": args.max_identities,
+            "skip_identities": args.skip_identities,
             "max_images": args.max_images,
             "min_images": args.min_images,
             "profile": args.profile,

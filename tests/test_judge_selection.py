@@ -1,0 +1,56 @@
+"""benchmarks/judge_protection.py: which identities and photos the acceptance protocol takes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "judge_protection.py"
+
+
+@pytest.fixture(scope="module")
+def judge() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("judge_protection", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def faces(tmp_path: Path) -> Path:
+    """Five people (photos per person: 3, 1, 2, 3, 2), sorted a..e."""
+    root = tmp_path / "set"
+    for person, count in zip("abcde", (3, 1, 2, 3, 2), strict=True):
+        (root / person).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / person / f"{index}.png")
+    return root
+
+
+def people(items: list[tuple[str, Path]]) -> list[str]:
+    return list(dict.fromkeys(label for label, _ in items))
+
+
+def test_identities_are_taken_in_order_past_those_with_too_few_photos(judge: ModuleType, faces: Path) -> None:
+    items = judge.collect_identities([faces], max_identities=3, max_images=2, min_images=2)
+    assert people(items) == ["set/a", "set/c", "set/d"]
+    assert len(items) == 6  # two photos each
+
+
+def test_skipping_identities_gives_the_next_slice(judge: ModuleType, faces: Path) -> None:
+    first = judge.collect_identities([faces], max_identities=2, max_images=None, min_images=2)
+    rest = judge.collect_identities(
+        [faces], max_identities=2, max_images=None, min_images=2, skip_identities=2
+    )
+    assert people(first) == ["set/a", "set/c"]
+    # the one-photo person is not counted among the skipped
+    assert people(rest) == ["set/d", "set/e"]
+    assert not set(first) & set(rest)
