@@ -52,10 +52,10 @@ def synthetic_code(
 
     ``sqrt(1 - w^2) z_key + w sqrt(z_dim) W u``: ``z_key`` a key-seeded Gaussian code, ``u`` the
     unit direction of the subject's centred embedding (1, dim) and ``W`` a key-seeded orthonormal
-    map, so the code stays a standard Gaussian draw. With ``w = 0`` everyone sharing a key starts
-    from one synthetic face (the published method, one key per person); with ``w > 0`` people
-    sharing a key start from different faces, while photos of one person (close directions) start
-    close together, and another key draws unrelated ``z_key`` and ``W``.
+    map, so the code keeps about the length of a Gaussian draw. With ``w = 0`` everyone sharing a
+    key starts from one synthetic face (the published method, one key per person); with ``w > 0``
+    people sharing a key start from different faces, while photos of one person (close
+    directions) start close together, and another key draws unrelated ``z_key`` and ``W``.
     """
     if not 0.0 <= identity_weight <= 1.0:
         raise ValueError(f"identity_weight must be between 0 and 1, not {identity_weight}")
