@@ -114,23 +114,39 @@ def test_the_photo_changes_only_around_the_face(result_a: ProtectionResult, phot
     assert not np.array_equal(result_a.face, result_a.original_face)
 
 
-def test_synthetic_latent_is_the_keys_code_for_this_identity(
-    result_a: ProtectionResult, engine: ProtectionEngine, photo_path: Path
-) -> None:
-    face = engine.prepare(photo_path)
+def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey) -> np.ndarray:
+    face = engine.prepare(photo)
     with torch.no_grad():
         original = engine.recognizer(chips_to_tensor([face.chip.image]))
-    z = synthetic_code(
-        KEY_A,
-        "embedded",
-        engine.generator.z_dim,
-        original - engine.identity_centre,
-        engine.config.synthetic_identity_weight,
-    )
-    with torch.no_grad():
-        expected = engine.generator.mapping(z)[0].numpy()
+        z = synthetic_code(
+            key,
+            "embedded",
+            engine.generator.z_dim,
+            original - engine.identity_centre,
+            engine.config.synthetic_identity_weight,
+        )
+        return engine.generator.mapping(z)[0].numpy()
+
+
+def test_synthetic_latent_is_the_keys_code_for_this_identity(
+    result_a: ProtectionResult, engine: ProtectionEngine, photo_path: Path, faces_root: Path
+) -> None:
     assert result_a.latents is not None
-    np.testing.assert_allclose(result_a.latents["synthetic"], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        result_a.latents["synthetic"], expected_synthetic(engine, photo_path, KEY_A), rtol=1e-6, atol=1e-6
+    )
+    # drawn partly from the identity: another person under the same key starts from another face
+    mixed = variant(engine, synthetic_identity_weight=0.5, steps=0, inversion_steps=0)
+    other_path = faces_root / "lfw" / "Al_Sharpton" / "Al_Sharpton_0001.jpg"
+    latents = [
+        protect_one(mixed, path, KEY_A, keep_latents=True).latents for path in (photo_path, other_path)
+    ]
+    assert latents[0] is not None and latents[1] is not None
+    np.testing.assert_allclose(
+        latents[0]["synthetic"], expected_synthetic(mixed, photo_path, KEY_A), rtol=1e-6, atol=1e-6
+    )
+    assert not np.allclose(latents[0]["synthetic"], result_a.latents["synthetic"], atol=1e-3)
+    assert not np.allclose(latents[0]["synthetic"], latents[1]["synthetic"], atol=1e-3)
 
 
 # ---- latent mixing by layout -----------------------------------------------------------------
