@@ -100,10 +100,11 @@ EMBEDDED_DIGIFACE = Profile(
 #: The default: the same DCGAN fine-tuned adversarially on real faces (``lfw_train``) together with
 #: its encoder (``models train-generator``). Same latent layout; target_gain re-tuned for it, 3.0
 #: against 2.25: on 30 lfw people x 3 photos (10 tuned on, 20 held out), one key shared by everyone,
-#: dlib's impostor non-match 0.975 against 0.957 and FaceNet's own-key impostor non-match 0.951 /
-#: 0.975 against 0.842 / 0.964, for same-key genuine match 0.889 against 0.920 (README, "The
-#: embedded generator"). synthetic_identity_weight stays 0: 0.5 separated people under one shared
-#: key a little more (FaceNet 0.930 against 0.902 held out) but lost genuine matches (0.767).
+#: dlib's impostor non-match 0.975 against 0.957 and FaceNet's own-key impostor non-match (tuning /
+#: held out) 0.951 / 0.975 against 0.842 / 0.964, for dlib same-key genuine match 0.889 against
+#: 0.920 (README, "The embedded generator"). synthetic_identity_weight stays 0: 0.5 separated
+#: people under one shared key a little more (FaceNet 0.930 against 0.902 held out) but lost
+#: genuine matches (dlib 0.767).
 EMBEDDED = replace(
     EMBEDDED_DIGIFACE,
     profile_id="embedded",
