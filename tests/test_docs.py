@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
+
+from script_loader import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "generate_docs.py"
@@ -12,11 +13,7 @@ REGENERATE = f"run `.venv/bin/python {SCRIPT.relative_to(REPO_ROOT).as_posix()}`
 
 
 def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_docs", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_committed_reference_docs_are_current() -> None:

@@ -7,8 +7,6 @@ Needs the committed encoder weights and the shared face photos (skips otherwise)
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 
 from faceanonymixer.engine import PreparedFace, ProtectionEngine, ProtectionResult, Subject
 from faceanonymixer.profiles import OptimisationConfig
@@ -106,12 +105,7 @@ def test_rejects_bad_early_stop_settings(overrides: dict[str, float]) -> None:
 
 @pytest.fixture(scope="module")
 def reference() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reference_loop", REFERENCE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REFERENCE)
 
 
 def test_engine_agrees_with_the_reference_loop(

@@ -9,16 +9,15 @@ One in-process run of the CLI on the real sizes (about two seconds on the meta d
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from script_loader import load_script
 
 from faceanonymixer.models.e4e import Encoder4Editing
 from faceanonymixer.models.ir_se50 import IRSE50
@@ -31,12 +30,7 @@ TINY_SIZE, TINY_STYLE, TINY_NARROW = 64, 16, 64
 
 @pytest.fixture(scope="module")
 def flops() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ffhq_flops", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def tiny_generator(*, weight_grads: bool = False) -> StyleGAN2Generator:

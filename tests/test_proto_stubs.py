@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from script_loader import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = REPO_ROOT / "server"
@@ -24,11 +25,7 @@ needs_grpc_tools = pytest.mark.skipif(
 
 
 def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_stubs", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _files(root: Path) -> dict[Path, bytes]:
