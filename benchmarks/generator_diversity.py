@@ -1,0 +1,182 @@
+"""How far apart a generator's faces are to independent recognizers: the ceiling on separation.
+
+    python benchmarks/generator_diversity.py SET_DIR --max-identities 10 --max-images 3 \\
+        --judges dlib,facenet [--profile embedded] [--state CHECKPOINT] [--seed 0] [--out report.json]
+
+Protected faces of different people can only be as far apart, to a recognizer the engine never
+optimises through, as the generator's faces are. This measures that on the same photos and
+judges as ``judge_protection.py``, without any key or optimisation. Per photo, four images, each
+the face pasted back into the photo as the engine pastes a protected one:
+
+``unprotected``     the photo itself;
+``crop``            the photo's own aligned crop at the generator's resolution (what resolution
+                    alone costs);
+``reconstruction``  G(E(crop)): the profile's encoder and generator, no refinement (how well real
+                    people stay apart once they pass through the generator);
+``sample``          G(z) for a Gaussian z drawn per photo from ``--seed`` (how alike the
+                    generator's own faces are: random pairs of faces should rarely match).
+
+Per judge and variant: impostor non-match (pairs of photos of different people) and genuine match
+(pairs of one person's photos), with their mean distances and the share of faces found; FaceNet's
+threshold is taken at ``--fmr`` of the unprotected impostor pairs, as in ``judge_protection.py``.
+``--state`` measures a ``models train-generator`` checkpoint instead of the profile's weights (its
+generator and encoder), e.g. to follow a training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from judge_protection import collect_identities, embed_all, fmr_threshold, rate_entry
+from PIL import Image
+
+from faceanonymixer.alignment import paste_back
+from faceanonymixer.engine import FEATHER, PreparedFace, ProtectionEngine
+from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.evaluation.judges import load_judges
+from faceanonymixer.evaluation.pairs import pair_distances_between, unordered_pairs
+from faceanonymixer.generators import DigiFaceGenerator
+from faceanonymixer.imageio import RGBImage
+
+VARIANTS = ("unprotected", "crop", "reconstruction", "sample")
+
+
+def load_training_state(engine: ProtectionEngine, path: Path) -> int:
+    """Put a ``models train-generator`` checkpoint's generator and encoder into ``engine``; its step."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    generator, encoder = engine.generator, engine.inverter.encoder
+    if not isinstance(generator, DigiFaceGenerator) or not isinstance(encoder, torch.nn.Module):
+        raise SystemExit(
+            f"--state is a models train-generator checkpoint: profile {engine.profile.profile_id!r}"
+        )
+    generator.network.load_state_dict(payload["generator"])
+    encoder.load_state_dict(payload["encoder"])
+    return int(payload["step"])
+
+
+def pasted(
+    engine: ProtectionEngine, faces: Sequence[PreparedFace], generated: torch.Tensor
+) -> list[RGBImage]:
+    """Generated faces (N, 3, size, size) in [-1, 1] upscaled and pasted back as the engine does."""
+    size = engine.profile.output_size or engine.generator.image_size
+    pixels = ((generated + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [
+        paste_back(
+            face.photo,
+            face.crop,
+            np.asarray(Image.fromarray(native).resize((size, size), Image.Resampling.BICUBIC)),
+            feather=FEATHER,
+        )
+        for face, native in zip(faces, pixels, strict=True)
+    ]
+
+
+def variant_images(
+    engine: ProtectionEngine, faces: Sequence[PreparedFace], seed: int
+) -> dict[str, list[RGBImage]]:
+    crops = torch.stack([torch.from_numpy(face.crop.image).permute(2, 0, 1) for face in faces]).float()
+    crops = crops / 127.5 - 1.0
+    codes = torch.randn(len(faces), engine.generator.z_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        reconstructions = engine.generator.synthesize(engine.passes.invert(crops))
+        samples = engine.generator.synthesize(engine.generator.mapping(codes))
+    return {
+        "unprotected": [face.photo for face in faces],
+        "crop": pasted(engine, faces, crops),
+        "reconstruction": pasted(engine, faces, reconstructions),
+        "sample": pasted(engine, faces, samples),
+    }
+
+
+def variant_measures(
+    labels: Sequence[str], embeddings: np.ndarray, threshold: float | None
+) -> dict[str, Any]:
+    found = np.isfinite(embeddings).all(axis=1)
+    impostor, impostor_skipped = pair_distances_between(
+        embeddings, embeddings, *unordered_pairs(labels, same=False)
+    )
+    genuine, genuine_skipped = pair_distances_between(
+        embeddings, embeddings, *unordered_pairs(labels, same=True)
+    )
+    return {
+        "found": float(found.mean()) if len(found) else None,
+        "impostor_nonmatch": rate_entry(impostor, threshold, kind="nonmatch", skipped=impostor_skipped),
+        "genuine_match": rate_entry(genuine, threshold, kind="match", skipped=genuine_skipped),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("sets", nargs="+", type=Path)
+    parser.add_argument("--max-identities", type=int, default=10)
+    parser.add_argument("--skip-identities", type=int, default=0)
+    parser.add_argument("--max-images", type=int, default=3)
+    parser.add_argument("--min-images", type=int, default=2)
+    parser.add_argument("--judges", default="dlib,facenet")
+    parser.add_argument("--fmr", type=float, default=1e-2)
+    parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--state", type=Path, help="a models train-generator checkpoint to measure instead")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    engine = ProtectionEngine(args.profile)
+    step = load_training_state(engine, args.state) if args.state else None
+    chosen = collect_identities(
+        args.sets,
+        max_identities=args.max_identities,
+        max_images=args.max_images,
+        min_images=args.min_images,
+        skip_identities=args.skip_identities,
+    )
+    labels, faces = [], []
+    for label, path in chosen:
+        try:
+            faces.append(engine.prepare(path))
+        except FaceAnonyMixerError as error:  # a photo without a face is reported and skipped
+            print(f"skipped {path}: {error}", file=sys.stderr)
+            continue
+        labels.append(label)
+    images = variant_images(engine, faces, args.seed)
+    report: dict[str, Any] = {
+        "profile": args.profile,
+        "state": str(args.state) if args.state else None,
+        "training_step": step,
+        "photos": len(faces),
+        "identities": len(set(labels)),
+        "judges": {},
+    }
+    for judge in load_judges(args.judges.split(",")):
+        judge_name = judge.name
+        embeddings = {name: embed_all(judge, images[name]) for name in VARIANTS}
+        threshold = judge.threshold
+        if threshold is None:
+            threshold, _ = fmr_threshold(labels, embeddings["unprotected"], args.fmr)
+        report["judges"][judge_name] = {
+            "threshold": threshold,
+            **{name: variant_measures(labels, embeddings[name], threshold) for name in VARIANTS},
+        }
+        print(f"{judge_name} (threshold {threshold:.4f}): impostor non-match / genuine match / found")
+        for name in VARIANTS:
+            measures = report["judges"][judge_name][name]
+            print(
+                f"  {name:15s} {measures['impostor_nonmatch']['rate']:.3f} "
+                f"(mean {measures['impostor_nonmatch']['mean_distance']:.3f})  "
+                f"{measures['genuine_match']['rate']:.3f}  {measures['found']:.2f}"
+            )
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

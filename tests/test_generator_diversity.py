@@ -1,0 +1,41 @@
+"""benchmarks/generator_diversity.py: the rates it reports from a judge's embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from script_loader import load_script
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def diversity() -> ModuleType:
+    load_script(BENCHMARKS / "judge_protection.py")  # imported by name, as when run from benchmarks/
+    return load_script(BENCHMARKS / "generator_diversity.py")
+
+
+def test_rates_count_pairs_of_different_and_of_the_same_people(diversity: ModuleType) -> None:
+    labels = ["a", "a", "b", "c"]
+    embeddings = np.array([[0.0, 0.0], [0.5, 0.0], [0.3, 0.0], [3.0, 0.0]])
+    measures = diversity.variant_measures(labels, embeddings, 0.6)
+    # impostor pairs: (a0, b) 0.3 matches, (a1, b) 0.2 matches, a0-c, a1-c, b-c do not
+    assert measures["impostor_nonmatch"]["pairs"] == 5
+    assert measures["impostor_nonmatch"]["rate"] == pytest.approx(3 / 5)
+    assert measures["genuine_match"]["pairs"] == 1
+    assert measures["genuine_match"]["rate"] == 1.0
+    assert measures["found"] == 1.0
+
+
+def test_a_face_not_found_leaves_its_pairs_out(diversity: ModuleType) -> None:
+    labels = ["a", "a", "b"]
+    embeddings = np.array([[0.0, 0.0], [np.nan, np.nan], [2.0, 0.0]])
+    measures = diversity.variant_measures(labels, embeddings, 0.6)
+    assert measures["found"] == pytest.approx(2 / 3)
+    assert measures["impostor_nonmatch"]["pairs"] == 1
+    assert measures["impostor_nonmatch"]["skipped"] == 1
+    assert measures["genuine_match"]["pairs"] == 0
+    assert measures["genuine_match"]["rate"] is None
