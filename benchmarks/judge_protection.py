@@ -2,7 +2,7 @@
 
     python benchmarks/judge_protection.py SET_DIR [SET_DIR ...] --max-identities N --max-images M \\
         --min-images 2 --steps 50 --judges dlib,facenet --out report.json [--joint] [--seed 0] \\
-        [--check-determinism] [--save-dir DIR]
+        [--check-determinism] [--save-dir DIR] [--embeddings-out embeddings.npz]
 
 e.g. ``python benchmarks/judge_protection.py /work/shared/faces/lfw --max-identities 40 --max-images 4
 --min-images 2 --steps 50 --judges dlib,facenet --joint --check-determinism --out report.json``.
@@ -57,6 +57,10 @@ Also reported
     encodings are compared byte for byte (with each other and with the main run's output).
     ``--save-dir DIR`` writes ``grid_faces.png`` (aligned crops) and ``grid_photos.png`` (whole
     photos): per row one photo, columns original, A, B, S (and joint) for the first identities.
+    ``--embeddings-out FILE.npz`` keeps every judge's embeddings, so that the rates can be
+    re-scored at another threshold (``load_embeddings`` + ``judge_measures``): FaceNet's threshold
+    at FMR 1e-2 of 10 people's 405 impostor pairs is one of their smallest distances, and moves
+    with the slice.
 """
 
 from __future__ import annotations
@@ -212,6 +216,30 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = BytesIO()
     Image.fromarray(image).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def save_embeddings(path: Path, labels: Sequence[str], embeddings: dict[str, dict[str, np.ndarray]]) -> None:
+    """Labels and every judge's embeddings per setting (NaN rows: no face) as one .npz."""
+    arrays = {
+        f"{judge}/{setting}": array
+        for judge, per_setting in embeddings.items()
+        for setting, array in per_setting.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as stream:
+        np.savez(stream, labels=np.asarray(labels, dtype=str), **arrays)
+
+
+def load_embeddings(path: Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+    """What :func:`save_embeddings` wrote: re-score with :func:`judge_measures` at another threshold."""
+    embeddings: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path) as arrays:
+        labels = [str(label) for label in arrays["labels"]]
+        for name in arrays.files:
+            if name != "labels":
+                judge, setting = name.split("/", 1)
+                embeddings.setdefault(judge, {})[setting] = arrays[name]
+    return labels, embeddings
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -471,6 +499,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save-dir", type=Path, default=None, help="write image grids here")
     parser.add_argument("--grid-identities", type=int, default=4, help="identities in the grids")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
+    parser.add_argument(
+        "--embeddings-out",
+        type=Path,
+        default=None,
+        help="every judge embedding (NaN: no face) and the labels, .npz, to re-score at other thresholds",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -550,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
 
     report_judges: dict[str, dict[str, Any]] = {}
+    all_embeddings: dict[str, dict[str, np.ndarray]] = {}
     for judge in judges:
         images: dict[str, list[np.ndarray | None]] = {"original": [p.face.photo for p in photos]}
         for setting in settings:
@@ -560,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             embeddings = {
                 setting: embed_all(judge, pictures, progress.update) for setting, pictures in images.items()
             }
+        all_embeddings[judge.name] = embeddings
         threshold, source, impostor_pairs = judge.threshold, "judge", None
         if threshold is None:
             threshold, impostor_pairs = fmr_threshold(labels, embeddings["original"], args.fmr)
@@ -660,6 +696,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"report written to {args.out}")
+    if args.embeddings_out:
+        save_embeddings(args.embeddings_out, labels, all_embeddings)
+        print(f"embeddings written to {args.embeddings_out}")
     return 0
 
 

@@ -48,3 +48,18 @@ def test_skipping_identities_gives_the_next_slice(judge: ModuleType, faces: Path
     # the one-photo person is not counted among the skipped
     assert people(rest) == ["set/d", "set/e"]
     assert not set(first) & set(rest)
+
+
+def test_saved_embeddings_come_back_to_be_rescored(judge: ModuleType, tmp_path: Path) -> None:
+    labels = ["set/a", "set/a", "set/b"]
+    original = np.array([[0.0, 0.0], [0.4, 0.0], [2.0, 0.0]])
+    protected = np.array([[5.0, 0.0], [np.nan, np.nan], [5.5, 0.0]])
+    path = tmp_path / "embeddings.npz"
+    settings = {"original": original, "A": protected, "B": protected + 1.0, "S": protected + 2.0}
+    judge.save_embeddings(path, labels, {"facenet": settings})
+    loaded_labels, loaded = judge.load_embeddings(path)
+    assert loaded_labels == labels
+    np.testing.assert_array_equal(loaded["facenet"]["A"], protected)  # NaN rows (no face) kept
+    # the one pair of protected photos of different people, (a0 under A, b under A), at 0.5
+    assert judge.judge_measures(labels, loaded["facenet"], 0.6)["own_key_impostor_nonmatch"]["rate"] == 0.0
+    assert judge.judge_measures(labels, loaded["facenet"], 0.4)["own_key_impostor_nonmatch"]["rate"] == 1.0
