@@ -44,6 +44,7 @@ from faceanonymixer.evaluation.judges import load_judges
 from faceanonymixer.evaluation.pairs import pair_distances_between, unordered_pairs
 from faceanonymixer.generators import DigiFaceGenerator
 from faceanonymixer.imageio import RGBImage
+from faceanonymixer.outputs import write_atomic
 
 VARIANTS = ("unprotected", "crop", "reconstruction", "sample")
 
@@ -174,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{measures['genuine_match']['rate']:.3f}  {measures['found']:.2f}"
             )
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2))
+        write_atomic(args.out, (json.dumps(report, indent=2) + "\n").encode())
     return 0
 
 

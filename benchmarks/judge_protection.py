@@ -95,6 +95,7 @@ from faceanonymixer.evaluation.pairs import (
     stack_embeddings,
     unordered_pairs,
 )
+from faceanonymixer.outputs import write_atomic
 from faceanonymixer.protection_key import ProtectionKey
 from faceanonymixer.protector import Protector
 
@@ -225,9 +226,10 @@ def save_embeddings(path: Path, labels: Sequence[str], embeddings: dict[str, dic
         for judge, per_setting in embeddings.items()
         for setting, array in per_setting.items()
     }
+    buffer = BytesIO()
+    np.savez(buffer, labels=np.asarray(labels, dtype=str), **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as stream:
-        np.savez(stream, labels=np.asarray(labels, dtype=str), **arrays)
+    write_atomic(path, buffer.getvalue())  # a whole file or none
 
 
 def load_embeddings(path: Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
