@@ -55,7 +55,7 @@ def load_training_state(engine: ProtectionEngine, path: Path) -> int:
     generator, encoder = engine.generator, engine.inverter.encoder
     if not isinstance(generator, DigiFaceGenerator) or not isinstance(encoder, torch.nn.Module):
         raise SystemExit(
-            f"--state is a models train-generator checkpoint: profile {engine.profile.profile_id!r}"
+            f"--state holds a DCGAN and its encoder; profile {engine.profile.profile_id!r} has neither"
         )
     generator.network.load_state_dict(payload["generator"])
     encoder.load_state_dict(payload["encoder"])
