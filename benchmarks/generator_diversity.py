@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from judge_protection import collect_identities, embed_all, fmr_threshold, rate_entry
+from judge_protection import (
+    add_selection_arguments,
+    embed_all,
+    fmr_threshold,
+    rate_entry,
+    selected_identities,
+)
 from PIL import Image
 
 from faceanonymixer.alignment import paste_back
@@ -117,11 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sets", nargs="+", type=Path)
-    parser.add_argument("--max-identities", type=int, default=10)
-    parser.add_argument("--skip-identities", type=int, default=0)
-    parser.add_argument("--max-images", type=int, default=3)
-    parser.add_argument("--min-images", type=int, default=2)
+    add_selection_arguments(parser, max_identities=10, max_images=3)
     parser.add_argument("--judges", default="dlib,facenet")
     parser.add_argument("--fmr", type=float, default=1e-2)
     parser.add_argument("--profile", default="embedded")
@@ -130,15 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
+    chosen = selected_identities(args)
     engine = ProtectionEngine(args.profile)
     step = load_training_state(engine, args.state) if args.state else None
-    chosen = collect_identities(
-        args.sets,
-        max_identities=args.max_identities,
-        max_images=args.max_images,
-        min_images=args.min_images,
-        skip_identities=args.skip_identities,
-    )
     labels, faces = [], []
     for label, path in chosen:
         try:

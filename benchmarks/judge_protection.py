@@ -277,6 +277,39 @@ def collect_identities(
     return chosen
 
 
+def add_selection_arguments(
+    parser: argparse.ArgumentParser, *, max_identities: int | None = None, max_images: int | None = None
+) -> None:
+    """The data options of :func:`collect_identities`: scripts given the same ones select the same
+    people with the same labels (and so, in this protocol, the same keys)."""
+    parser.add_argument("sets", nargs="+", type=Path, metavar="SET_DIR", help="<identity>/<image> folders")
+    parser.add_argument(
+        "--max-identities", type=int, default=max_identities, help="identities in total (all sets)"
+    )
+    parser.add_argument(
+        "--skip-identities", type=int, default=0, help="pass over the first N usable identities"
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=max_images, help="photos per identity (first by name)"
+    )
+    parser.add_argument("--min-images", type=int, default=2, help="skip identities with fewer photos")
+
+
+def selected_identities(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """:func:`collect_identities` for the options of :func:`add_selection_arguments`; exits with
+    status 1 and a one-line message when no identity qualifies."""
+    items = collect_identities(
+        args.sets,
+        max_identities=args.max_identities,
+        max_images=args.max_images,
+        min_images=args.min_images,
+        skip_identities=args.skip_identities,
+    )
+    if not items:
+        raise SystemExit("no identity has enough photos")
+    return items
+
+
 @dataclass
 class Photo:
     label: str
@@ -472,13 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sets", nargs="+", type=Path, metavar="SET_DIR", help="<identity>/<image> folders")
-    parser.add_argument("--max-identities", type=int, default=None, help="identities in total (all sets)")
-    parser.add_argument(
-        "--skip-identities", type=int, default=0, help="pass over the first N usable identities"
-    )
-    parser.add_argument("--max-images", type=int, default=None, help="photos per identity (first by name)")
-    parser.add_argument("--min-images", type=int, default=2, help="skip identities with fewer photos")
+    add_selection_arguments(parser)
     parser.add_argument(
         "--steps", type=int, default=None, help="optimisation steps (profile default if unset)"
     )
@@ -516,16 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
 
-    items = collect_identities(
-        args.sets,
-        max_identities=args.max_identities,
-        max_images=args.max_images,
-        min_images=args.min_images,
-        skip_identities=args.skip_identities,
-    )
-    if not items:
-        print("no identity has enough photos", file=sys.stderr)
-        return 1
+    items = selected_identities(args)
     judge_names = [name.strip() for name in args.judges.split(",") if name.strip()]
     judges = load_judges(judge_names)
     protector = Protector(args.profile, device=args.device, **overrides)

@@ -63,3 +63,16 @@ def test_saved_embeddings_come_back_to_be_rescored(judge: ModuleType, tmp_path: 
     # the one pair of protected photos of different people, (a0 under A, b under A), at 0.5
     assert judge.judge_measures(labels, loaded["facenet"], 0.6)["own_key_impostor_nonmatch"]["rate"] == 0.0
     assert judge.judge_measures(labels, loaded["facenet"], 0.4)["own_key_impostor_nonmatch"]["rate"] == 1.0
+
+
+def test_both_scripts_select_with_the_same_options_and_refuse_an_empty_selection(
+    judge: ModuleType, faces: Path
+) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    judge.add_selection_arguments(parser, max_identities=2)
+    args = parser.parse_args([str(faces), "--skip-identities", "1"])
+    assert people(judge.selected_identities(args)) == ["set/c", "set/d"]
+    with pytest.raises(SystemExit, match="no identity has enough photos"):
+        judge.selected_identities(parser.parse_args([str(faces), "--min-images", "4"]))
