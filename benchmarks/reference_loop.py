@@ -162,7 +162,9 @@ def _reference_protect(
     layout = engine.generator.layout
     optimised = layout.rows(LatentRole.OPTIMISED)
     synthetic = _Inputs(engine, face, key, config).synthetic
-    variable = engine.generator.blend(real[:, optimised], synthetic[:, optimised], layout.key_blend)
+    variable = engine.generator.blend(
+        real[:, optimised], synthetic[:, optimised], layout.key_blend_of(optimised)
+    )
     variable = variable.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([variable], lr=config.learning_rate)
     milestones = sorted({max(1, round(m * config.steps)) for m in config.milestones})

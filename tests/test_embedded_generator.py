@@ -65,3 +65,12 @@ def test_one_shared_key_keeps_a_person_together_and_people_apart(
     print(f"dlib distances, one shared key: same {same:.3f}, others {first_other:.3f} {second_other:.3f}")
     assert same < 0.6
     assert first_other >= 0.6 and second_other >= 0.6
+
+
+def test_the_trained_generator_takes_the_key_face_mostly_in_the_centre(trained_weights: None) -> None:
+    from faceanonymixer.generators import CENTRE_CELLS, load_generator
+
+    layout = load_generator(get_profile(PROFILE).generator).layout
+    weights = layout.key_blend_of(range(16))
+    assert {weights[cell] for cell in CENTRE_CELLS} == {0.7}
+    assert {weight for cell, weight in enumerate(weights) if cell not in CENTRE_CELLS} == {0.2}

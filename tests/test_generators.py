@@ -14,6 +14,7 @@ from faceanonymixer.alignment import FaceAligner, crop_to_template, similarity_t
 from faceanonymixer.datasets import list_identity_images
 from faceanonymixer.errors import ModelFormatError, NoFaceError
 from faceanonymixer.generators import (
+    CENTRE_CELLS,
     DIGIFACE_LANDMARKS,
     STYLEGAN2_WPLUS_LAYOUT,
     DigiFaceGenerator,
@@ -84,6 +85,18 @@ def test_layout_validation(roles: tuple[LatentRole, ...], width: int, key_blend:
 def test_layout_accepts_the_key_blend_bounds() -> None:
     assert LatentLayout(roles=(OPT,), width=1, key_blend=0.0).key_blend == 0.0
     assert LatentLayout(roles=(OPT,), width=1, key_blend=1.0).key_blend == 1.0
+
+
+def test_layout_key_blend_per_row() -> None:
+    layout = LatentLayout(roles=(REAL, OPT, OPT), width=2, key_blend=(0.0, 0.7, 0.2))
+    assert layout.key_blend_of([1, 2]) == (0.7, 0.2)
+    assert LatentLayout(roles=(OPT, OPT), width=2, key_blend=0.3).key_blend_of([0, 1]) == (0.3, 0.3)
+
+
+@pytest.mark.parametrize("key_blend", [(0.5,), (0.5, 0.5, 0.5), (0.5, 1.2)])
+def test_layout_rejects_a_per_row_blend_of_the_wrong_length_or_range(key_blend: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="key_blend"):
+        LatentLayout(roles=(OPT, OPT), width=2, key_blend=key_blend)
 
 
 def test_stylegan2_layout_is_the_published_mixing() -> None:
@@ -165,6 +178,17 @@ def test_default_generator_layout_optimises_all_sixteen_cells(generator: DigiFac
     assert generator.landmark_template is not DIGIFACE_LANDMARKS
 
 
+def test_centre_cells_take_their_own_key_blend(network: DigiFaceDCGAN) -> None:
+    generator = DigiFaceGenerator(network, key_blend=0.2, centre_key_blend=0.7)
+    weights = generator.layout.key_blend_of(range(16))
+    assert [cell for cell, weight in enumerate(weights) if weight == 0.7] == list(CENTRE_CELLS)
+    assert [cell for cell, weight in enumerate(weights) if weight == 0.2] == [
+        cell for cell in range(16) if cell not in CENTRE_CELLS
+    ]
+    # row 4 * y + x: the centre cells are (1, 1), (1, 2), (2, 1), (2, 2)
+    assert CENTRE_CELLS == (4 * 1 + 1, 4 * 1 + 2, 4 * 2 + 1, 4 * 2 + 2)
+
+
 def test_chosen_cells_are_optimised_and_the_rest_real(network: DigiFaceDCGAN) -> None:
     generator = DigiFaceGenerator(network, optimised_cells=(5, 6, 9, 10), key_blend=0.0)
     assert generator.layout.rows(OPT) == [5, 6, 9, 10]
@@ -206,6 +230,16 @@ def test_blend_is_linear_between_real_and_key(generator: DigiFaceGenerator) -> N
     torch.testing.assert_close(generator.blend(real, key, 0.0), real)
     torch.testing.assert_close(generator.blend(real, key, 1.0), key)
     torch.testing.assert_close(generator.blend(real, key, 0.25), torch.full((1, 16, 512), 0.25))
+
+
+def test_blend_takes_one_weight_per_row(generator: DigiFaceGenerator) -> None:
+    real, key = torch.zeros(2, 16, 512), torch.ones(2, 16, 512)
+    weights = [0.1 * (cell % 4) for cell in range(16)]
+    blended = generator.blend(real, key, weights)
+    torch.testing.assert_close(blended[:, :, 0], torch.tensor(weights).expand(2, 16))
+    assert bool((blended == blended[:, :, :1]).all()), "one weight for a whole row"
+    with pytest.raises(ValueError, match="15 blend weights for 16 rows"):
+        generator.blend(real, key, weights[:15])
 
 
 def test_load_generator_by_name() -> None:

@@ -321,7 +321,7 @@ class ProtectionEngine:
         optimised_rows = layout.rows(LatentRole.OPTIMISED)
         base[:, key_rows] = synthetic[:, key_rows]
         initial = self.generator.blend(
-            real[:, optimised_rows], synthetic[:, optimised_rows], layout.key_blend
+            real[:, optimised_rows], synthetic[:, optimised_rows], layout.key_blend_of(optimised_rows)
         )
         rows = torch.tensor(optimised_rows, device=self.device)
         variable = initial.clone().requires_grad_(True)

@@ -4,7 +4,7 @@ A :class:`LatentLayout` says, row by row, where each part of the mixed latent co
 
 * ``KEY``: the key's synthetic latent, frozen (identity-carrying rows in the published method);
 * ``OPTIMISED``: optimised by the engine, initialised from the real latent, or from a blend of the
-  real and the key latents when ``key_blend`` > 0;
+  real and the key latents when ``key_blend`` > 0 (one weight for every row, or one per row);
 * ``REAL``: the real face's latent, frozen (attributes: pose, lighting, texture).
 
 StyleGAN2's W+ (18 x 512: rows 0-2 KEY, 3-7 OPTIMISED, 8-17 REAL) and the embedded DCGAN's first
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,13 +40,17 @@ class LatentLayout:
 
     roles: tuple[LatentRole, ...]
     width: int
-    #: weight of the key latent in the initial value of OPTIMISED rows (0: the real latent, as published)
-    key_blend: float = 0.0
+    #: weight of the key latent in the initial value of OPTIMISED rows (0: the real latent, as
+    #: published): one for every row, or a tuple with one per row
+    key_blend: float | tuple[float, ...] = 0.0
 
     def __post_init__(self) -> None:
         if not self.roles or self.width <= 0:
             raise ValueError("a latent layout needs at least one row and a positive width")
-        if not 0.0 <= self.key_blend <= 1.0:
+        weights = self.key_blend if isinstance(self.key_blend, tuple) else (self.key_blend,)
+        if isinstance(self.key_blend, tuple) and len(weights) != len(self.roles):
+            raise ValueError(f"key_blend has {len(weights)} weights for {len(self.roles)} rows")
+        if not all(0.0 <= weight <= 1.0 for weight in weights):
             raise ValueError(f"key_blend must be between 0 and 1, not {self.key_blend}")
 
     @property
@@ -55,6 +59,12 @@ class LatentLayout:
 
     def rows(self, role: LatentRole) -> list[int]:
         return [index for index, row_role in enumerate(self.roles) if row_role is role]
+
+    def key_blend_of(self, rows: Sequence[int]) -> tuple[float, ...]:
+        """The key's weight in the initial value of each of ``rows``."""
+        if isinstance(self.key_blend, tuple):
+            return tuple(self.key_blend[row] for row in rows)
+        return (self.key_blend,) * len(rows)
 
     @classmethod
     def from_counts(
@@ -95,9 +105,15 @@ class Generator(nn.Module):
     def synthesize(self, latent: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def blend(self, real: torch.Tensor, key: torch.Tensor, weight: float) -> torch.Tensor:
-        """Latent rows between the real face's (weight 0) and the key's (weight 1)."""
-        return torch.lerp(real, key, weight)
+    def blend(self, real: torch.Tensor, key: torch.Tensor, weight: float | Sequence[float]) -> torch.Tensor:
+        """(N, rows, width) latent rows between the real face's (weight 0) and the key's (weight 1):
+        one weight for every row or one per row."""
+        if isinstance(weight, float | int):
+            return torch.lerp(real, key, float(weight))
+        weights = torch.tensor(weight, dtype=real.dtype, device=real.device)
+        if weights.shape != (real.shape[1],):
+            raise ValueError(f"{len(weights)} blend weights for {real.shape[1]} rows")
+        return torch.lerp(real, key, weights[:, None])
 
 
 #: dlib's five landmarks on DigiFace DCGAN samples: the mean over 56 of 64 seeded samples in which
@@ -116,6 +132,10 @@ class DigiFaceGenerator(Generator):
     optimised; the others stay the real face's. By default all 16 are optimised: the 100-d z
     alone got no closer than about 0.6 to its target in 50 steps, the feature map about 0.4, and
     the loss sees the face inside the real chip, which keeps it face-like.
+
+    ``key_blend`` is the key's weight in every cell, unless ``centre_key_blend`` is given: then
+    the four centre cells (:data:`CENTRE_CELLS`: eyes, nose, mouth) take that weight and the
+    twelve border cells (forehead, hair, cheeks, chin, background) ``key_blend``.
     """
 
     def __init__(
@@ -124,13 +144,17 @@ class DigiFaceGenerator(Generator):
         *,
         optimised_cells: tuple[int, ...] = tuple(range(16)),
         key_blend: float = 0.5,
+        centre_key_blend: float | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         roles = tuple(
             LatentRole.OPTIMISED if cell in optimised_cells else LatentRole.REAL for cell in range(_CELLS)
         )
-        self.layout = LatentLayout(roles=roles, width=_FIRST_WIDTH, key_blend=key_blend)
+        blend: float | tuple[float, ...] = key_blend
+        if centre_key_blend is not None:
+            blend = tuple(centre_key_blend if cell in CENTRE_CELLS else key_blend for cell in range(_CELLS))
+        self.layout = LatentLayout(roles=roles, width=_FIRST_WIDTH, key_blend=blend)
         self.z_dim = Z_DIM
         self.image_size = IMAGE_SIZE
         self.landmark_template = DIGIFACE_LANDMARKS.copy()
@@ -148,6 +172,8 @@ class DigiFaceGenerator(Generator):
 
 _CELLS = 16
 _FIRST_WIDTH = 512
+#: the 2 x 2 centre of the 4 x 4 first feature map
+CENTRE_CELLS = (5, 6, 9, 10)
 
 
 GeneratorFactory = Callable[[], Generator]
@@ -166,7 +192,12 @@ def _lfw_dcgan() -> Generator:
     from faceanonymixer.weights import weights_entry
 
     entry = weights_entry("lfw-dcgan")
-    return DigiFaceGenerator(load_digiface_dcgan(entry.path, sha256=entry.sha256))
+    # The key's face enters the centre cells 0.7 and the border cells 0.2 (against 0.5 everywhere):
+    # with a uniform blend, everyone sharing one key also shared its hair and outline, which kept
+    # their protected faces alike to FaceNet (README, "The embedded generator").
+    return DigiFaceGenerator(
+        load_digiface_dcgan(entry.path, sha256=entry.sha256), key_blend=0.2, centre_key_blend=0.7
+    )
 
 
 _REGISTRY: dict[str, GeneratorFactory] = {

@@ -105,6 +105,9 @@ EMBEDDED_DIGIFACE = Profile(
 #: 0.920 (README, "The embedded generator"). synthetic_identity_weight stays 0: 0.5 separated
 #: people under one shared key a little more (FaceNet 0.930 against 0.902 held out) but lost
 #: genuine matches (dlib 0.767).
+#: The generator ("lfw-dcgan", ``generators.py``) starts the optimised feature map 0.7 from the
+#: key's face in its four centre cells and 0.2 in the border cells, not 50/50 everywhere: people
+#: sharing one key no longer share its outline (README, "The key's face in the centre").
 EMBEDDED = replace(
     EMBEDDED_DIGIFACE,
     profile_id="embedded",
