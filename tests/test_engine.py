@@ -19,7 +19,7 @@ import torch
 from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.engine import ProtectionEngine, ProtectionResult, Subject
 from faceanonymixer.errors import InvalidKeyError, NoFaceError, ProtectionCancelledError
-from faceanonymixer.generators import DigiFaceGenerator, LatentRole
+from faceanonymixer.generators import CENTRE_CELLS, DigiFaceGenerator, LatentRole
 from faceanonymixer.identity_target import synthetic_code
 from faceanonymixer.imageio import load_image
 from faceanonymixer.protection_key import ProtectionKey
@@ -30,8 +30,6 @@ STEPS = 4
 INVERSION_STEPS = 2
 KEY_A = ProtectionKey(bytes(range(32)), key_id="a")
 KEY_B = ProtectionKey(bytes(range(100, 132)), key_id="b")
-#: the central cells of the DCGAN's 4 x 4 first feature map (eyes, nose, mouth)
-CENTRAL_CELLS = (5, 6, 9, 10)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -157,7 +155,7 @@ def central_engine(engine: ProtectionEngine) -> ProtectionEngine:
     """The engine with a generator that optimises only the central cells; the rest stay REAL."""
     clone = copy.copy(engine)
     network = engine.generator.network  # type: ignore[attr-defined]
-    clone.generator = DigiFaceGenerator(network, optimised_cells=CENTRAL_CELLS)
+    clone.generator = DigiFaceGenerator(network, optimised_cells=CENTRE_CELLS)
     return clone
 
 
@@ -166,7 +164,7 @@ def test_real_rows_are_kept_and_optimised_rows_move(
 ) -> None:
     layout = central_engine.generator.layout
     real_rows, optimised_rows = layout.rows(LatentRole.REAL), layout.rows(LatentRole.OPTIMISED)
-    assert optimised_rows == list(CENTRAL_CELLS) and len(real_rows) == 12
+    assert optimised_rows == list(CENTRE_CELLS) and len(real_rows) == 12
     result = protect_one(central_engine, photo_path, KEY_A, keep_latents=True)
     assert result.latents is not None
     real, synthetic, protected = (result.latents[name] for name in ("real", "synthetic", "protected"))
@@ -186,7 +184,7 @@ def test_without_steps_optimised_rows_start_from_the_key_blend(
     real, synthetic, protected = (result.latents[name] for name in ("real", "synthetic", "protected"))
     weight = still.generator.layout.key_blend
     assert weight == 0.5
-    rows = list(CENTRAL_CELLS)
+    rows = list(CENTRE_CELLS)
     np.testing.assert_allclose(
         protected[rows], (1 - weight) * real[rows] + weight * synthetic[rows], atol=1e-5
     )
