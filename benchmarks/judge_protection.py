@@ -58,9 +58,9 @@ Also reported
     ``--save-dir DIR`` writes ``grid_faces.png`` (aligned crops) and ``grid_photos.png`` (whole
     photos): per row one photo, columns original, A, B, S (and joint) for the first identities.
     ``--embeddings-out FILE.npz`` keeps every judge's embeddings, so that the rates can be
-    re-scored at another threshold (``load_embeddings`` + ``judge_measures``): FaceNet's threshold
-    at FMR 1e-2 of 10 people's 405 impostor pairs is one of their smallest distances, and moves
-    with the slice.
+    re-scored at another threshold (``load_embeddings`` + ``judge_measures``; ``pool_judge.py``
+    pools several runs at one threshold): FaceNet's threshold at FMR 1e-2 of 10 people's 405
+    impostor pairs is one of their smallest distances, and moves with the slice.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ __all__ = [
     "facenet_graph_path",
     "load_judges",
     "prewhiten",
+    "published_threshold",
     "threshold_at_fmr",
 ]
 
@@ -187,16 +188,27 @@ def available_judges() -> list[str]:
     return sorted(_JUDGES)
 
 
-def load_judges(names: Sequence[str]) -> list[Judge]:
-    """Build the named judges, in order. Raises ValueError for an unknown name."""
-    if isinstance(names, str):
-        names = [names]
+def _check_names(names: Sequence[str]) -> None:
     unknown = [name for name in names if name not in _JUDGES]
     if unknown:
         raise ValueError(
             f"unknown judge(s) {', '.join(map(repr, unknown))}; available: {', '.join(available_judges())}"
         )
+
+
+def load_judges(names: Sequence[str]) -> list[Judge]:
+    """Build the named judges, in order. Raises ValueError for an unknown name."""
+    if isinstance(names, str):
+        names = [names]
+    _check_names(names)
     return [_JUDGES[name]() for name in names]
+
+
+def published_threshold(name: str) -> float | None:
+    """A judge's own threshold (None: callers derive one), without loading its models."""
+    _check_names([name])
+    threshold: float | None = getattr(_JUDGES[name], "threshold", None)
+    return threshold
 
 
 def threshold_at_fmr(impostor_distances: np.ndarray, fmr: float) -> float:
