@@ -53,7 +53,7 @@ RUN_ROWS: list[tuple[str, tuple[str, ...]]] = [
 
 
 class PoolError(ValueError):
-    """Runs that cannot be pooled (no judge in common, a missing file)."""
+    """Runs that cannot be pooled (no judge in common, a missing file, a threshold for no judge)."""
 
 
 Run = tuple[str, list[str], dict[str, dict[str, np.ndarray]]]
@@ -65,7 +65,9 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
         if not path.is_file():
             raise PoolError(f"no such embeddings file: {path}")
         labels, embeddings = load_embeddings(path)
-        runs.append((path.stem, labels, embeddings))
+        # the file name names the run; the whole path where two runs share a name
+        name = str(path) if any(run[0] == path.stem for run in runs) else path.stem
+        runs.append((name, labels, embeddings))
     return runs
 
 
@@ -135,7 +137,11 @@ def pool_runs(
     """(pooled report per judge, per judge and run the run's own measures at the pooled threshold)."""
     pooled: dict[str, dict[str, Any]] = {}
     by_run: dict[str, dict[str, dict[str, Any]]] = {}
-    for judge in common_judges(runs):
+    judges = common_judges(runs)
+    unused = sorted(set(thresholds) - set(judges))
+    if unused:
+        raise PoolError(f"a threshold for a judge the runs do not share: {', '.join(unused)}")
+    for judge in judges:
         threshold = thresholds.get(judge, published_threshold(judge))
         source = "given" if judge in thresholds else "judge"
         if threshold is None:

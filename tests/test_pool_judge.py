@@ -55,6 +55,11 @@ def test_rates_add_up_pairs_over_runs_at_one_threshold(
     assert pooled["facenet"]["threshold"] == 1.0 and pooled["facenet"]["threshold_source"] == "given"
     assert pooled["facenet"]["measures"]["cross_key_nonmatch"]["combined"]["pairs"] == 16
     assert pooled["facenet"]["detection"]["S"] == {"found": 8, "total": 8, "rate": 1.0}
+    # two runs with one file name keep apart
+    (tmp_path / "other").mkdir()
+    again = write_run(judge, tmp_path / "other" / "one.npz", apart)
+    names = [run[0] for run in pool.load_runs([tmp_path / "one.npz", again])]
+    assert names == ["one", str(again)]
 
 
 def test_the_fmr_threshold_counts_each_photo_once(
@@ -94,6 +99,8 @@ def test_the_command_reports_and_refuses_what_it_cannot_pool(
 
     assert pool.main([str(facenet), str(dlib)]) == 2
     assert "no judge in common" in capsys.readouterr().err
+    assert pool.main([str(facenet), "--threshold", "dlib=0.5"]) == 2
+    assert "a threshold for a judge the runs do not share: dlib" in capsys.readouterr().err
     assert pool.main([str(tmp_path / "missing.npz")]) == 2
     assert "no such embeddings file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
