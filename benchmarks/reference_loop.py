@@ -31,7 +31,6 @@ from faceanonymixer.engine import (
     set_memory_format,
 )
 from faceanonymixer.generators import LatentRole
-from faceanonymixer.identity_target import key_target_map, synthetic_code, target_identity
 from faceanonymixer.imageio import RGBImage
 from faceanonymixer.profiles import OptimisationConfig
 from faceanonymixer.protection_key import ProtectionKey
@@ -53,7 +52,6 @@ class _Inputs:
         self, engine: ProtectionEngine, face: PreparedFace, key: ProtectionKey, config: OptimisationConfig
     ) -> None:
         generator, recognizer = engine.generator, engine.recognizer
-        profile_id = engine.profile.profile_id
         self.chip = chips_to_tensor([face.chip.image])
         self.crop = chips_to_tensor([face.crop.image]) / 127.5 - 1.0
         size = generator.image_size
@@ -62,18 +60,7 @@ class _Inputs:
         self.mask = F.grid_sample(mask[None, None], self.grid, align_corners=False)
         with torch.no_grad():
             self.original = recognizer(self.chip)
-            z = synthetic_code(
-                key,
-                profile_id,
-                generator.z_dim,
-                self.original - engine.identity_centre,
-                config.synthetic_identity_weight,
-            )
-            self.synthetic = generator.mapping(z)
-        mapping = config.target_gain * key_target_map(
-            key, profile_id, self.original.shape[1], config.target_rank
-        )
-        self.target = target_identity(self.original, engine.identity_centre, mapping)
+            self.synthetic, self.target = engine.key_start_and_target(key, self.original, config)
         self.pooled_real = F.adaptive_avg_pool2d(self.crop, ATTRIBUTE_POOL)
 
     def composite(self, generated: torch.Tensor) -> torch.Tensor:

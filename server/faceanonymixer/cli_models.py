@@ -150,6 +150,50 @@ def identity_stats_command(
         typer.echo(f"{target}  sha256 {sha256}")
 
 
+@models_app.command("fit-identity-code")
+def fit_identity_code_command(
+    data: Annotated[Path, typer.Option(help="Folder of <identity>/<image> training photos (lfw_train).")],
+    profile: Annotated[
+        str, typer.Option(help="Profile whose generator, encoder and recognizer are used.")
+    ] = "embedded",
+    limit: Annotated[int, typer.Option(min=1, help="Photos to use.")] = 10_000,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where the map goes (default: the committed weights).")
+    ] = None,
+) -> None:
+    """Fit the map from the profile's identities to its generator codes (recorded in the committed
+    manifest when written there)."""
+    with one_line_errors():
+        from dataclasses import replace
+
+        from faceanonymixer.datasets import list_identity_images
+        from faceanonymixer.engine import ProtectionEngine
+        from faceanonymixer.identity_code import (
+            fit_identity_code_map,
+            measure_code_pairs,
+            save_identity_code_map,
+        )
+        from faceanonymixer.profiles import get_profile
+        from faceanonymixer.weights import WEIGHTS_DIR, record_weights
+
+        try:
+            chosen = get_profile(profile)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--profile") from None
+        photos = [path for _, path in list_identity_images(data)[:limit]]
+        # the map is what is being fitted: the engine runs without the committed one
+        engine = ProtectionEngine(replace(chosen, identity_code_map=None))
+        offsets, codes, used = measure_code_pairs(engine, photos)
+        name = f"{chosen.generator}-identity-code"
+        target_dir = out_dir or WEIGHTS_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"{name.replace('-', '_')}.npz"
+        sha256 = save_identity_code_map(fit_identity_code_map(offsets, codes), target)
+        if target_dir.resolve() == WEIGHTS_DIR.resolve():
+            record_weights(name, target.name, sha256, _reproducing_command())
+        typer.echo(f"{len(used)} of {len(photos)} photos; {target}  sha256 {sha256}")
+
+
 ModelsDirOption = Annotated[
     Path | None,
     typer.Option(

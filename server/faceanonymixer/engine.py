@@ -43,8 +43,9 @@ from faceanonymixer.alignment import (
     paste_back,
 )
 from faceanonymixer.embedding import chips_to_tensor
-from faceanonymixer.errors import ProtectionCancelledError
+from faceanonymixer.errors import ModelFormatError, ProtectionCancelledError
 from faceanonymixer.generators import Generator, LatentRole, load_generator
+from faceanonymixer.identity_code import IdentityCodeMap, load_identity_code_map
 from faceanonymixer.identity_stats import load_identity_mean
 from faceanonymixer.identity_target import (
     key_target_map,
@@ -146,6 +147,7 @@ class ProtectionEngine:
         self.recognizer: Recognizer = load_recognizer(self.profile.recognizer, device=self.device)
         self.inverter = load_inverter(self.profile.encoder, self.generator, device=self.device)
         self.identity_centre = self._identity_centre()
+        self.identity_code_map = self._identity_code_map()
         self.precision = _autocast_dtype(precision, self.device)
         self.passes = _forward_passes(self, runtime, onnx_dir)
         # NHWC convolutions: tensor cores on CUDA, oneDNN instead of the slow im2col path on CPU
@@ -160,6 +162,18 @@ class ProtectionEngine:
             return torch.zeros(self.recognizer.embedding_dim, device=self.device)
         entry = weights_entry(self.profile.identity_mean)
         return load_identity_mean(entry.path, sha256=entry.sha256).to(self.device)
+
+    def _identity_code_map(self) -> IdentityCodeMap | None:
+        if self.profile.identity_code_map is None:
+            return None
+        entry = weights_entry(self.profile.identity_code_map)
+        code_map = load_identity_code_map(entry.path, sha256=entry.sha256)
+        if (code_map.z_dim, code_map.embedding_dim) != (self.generator.z_dim, self.recognizer.embedding_dim):
+            raise ModelFormatError(
+                f"{entry.path}: maps {code_map.embedding_dim}-d embeddings to {code_map.z_dim}-d codes, "
+                f"the profile's models need {self.recognizer.embedding_dim} to {self.generator.z_dim}"
+            )
+        return code_map
 
     # ---- preparation -------------------------------------------------------------------------
 
@@ -227,23 +241,14 @@ class ProtectionEngine:
         real = self._invert(crops, original, composite, check, config)
         inverted_at = time.perf_counter()
 
-        centre = self.identity_centre
         synthetic, targets = [], []
         for index, subject in enumerate(subjects):
             mine = owner == index
-            mean = original[mine].mean(dim=0, keepdim=True)
-            z = synthetic_code(
-                subject.key,
-                self.profile.profile_id,
-                self.generator.z_dim,
-                mean - centre,
-                config.synthetic_identity_weight,
+            start, goal = self.key_start_and_target(
+                subject.key, original[mine].mean(dim=0, keepdim=True), config
             )
-            synthetic.append(self.generator.mapping(z.to(self.device)).expand(int(mine.sum()), -1, -1))
-            mapping = config.target_gain * key_target_map(
-                subject.key, self.profile.profile_id, mean.shape[1], config.target_rank
-            )
-            targets.append(target_identity(mean, centre, mapping.to(self.device)).expand(int(mine.sum()), -1))
+            synthetic.append(start.expand(int(mine.sum()), -1, -1))
+            targets.append(goal.expand(int(mine.sum()), -1))
         synthetic_latents = torch.cat(synthetic)
         target = torch.cat(targets)
 
@@ -276,6 +281,30 @@ class ProtectionEngine:
             result.timings.update(per_face, decode=face.decode_seconds, align=face.align_seconds)
             result.timings["total"] = sum(result.timings.values())
         return results
+
+    def key_start_and_target(
+        self, key: ProtectionKey, mean: torch.Tensor, config: OptimisationConfig | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key's synthetic latent (1, rows, width) and target identity (1, dim) for a subject
+        whose original embedding (the mean over its photos) is ``mean`` (1, dim)."""
+        config = config or self.config
+        centre = self.identity_centre
+        mapping = config.target_gain * key_target_map(
+            key, self.profile.profile_id, mean.shape[1], config.target_rank
+        )
+        target = target_identity(mean, centre, mapping.to(self.device))
+        identity_code = None
+        if self.identity_code_map is not None and config.synthetic_identity_weight > 0:
+            identity_code = self.identity_code_map.code(target - centre)
+        z = synthetic_code(
+            key,
+            self.profile.profile_id,
+            self.generator.z_dim,
+            mean - centre,
+            config.synthetic_identity_weight,
+            identity_code,
+        )
+        return self.generator.mapping(z.to(self.device)), target
 
     def _invert(
         self,

@@ -46,22 +46,33 @@ def target_identity(embeddings: torch.Tensor, centre: torch.Tensor, mapping: tor
 
 
 def synthetic_code(
-    key: ProtectionKey, profile_id: str, z_dim: int, centred: torch.Tensor, identity_weight: float
+    key: ProtectionKey,
+    profile_id: str,
+    z_dim: int,
+    centred: torch.Tensor,
+    identity_weight: float,
+    identity_code: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The generator code of the key's synthetic face for one subject, (1, z_dim) on the CPU.
 
-    ``sqrt(1 - w^2) z_key + w sqrt(z_dim) W u``: ``z_key`` a key-seeded Gaussian code, ``u`` the
-    unit direction of the subject's centred embedding (1, dim) and ``W`` a key-seeded orthonormal
-    map, so the code keeps about the length of a Gaussian draw. With ``w = 0`` everyone sharing a
-    key starts from one synthetic face (the published method, one key per person); with ``w > 0``
-    people sharing a key start from different faces, while photos of one person (close
-    directions) start close together, and another key draws unrelated ``z_key`` and ``W``.
+    ``sqrt(1 - w^2) z_key + w i``: ``z_key`` a key-seeded Gaussian code and ``i`` the subject's
+    part. ``i`` is ``identity_code`` where the profile has a fitted map from identities to codes
+    (``identity_code.py``: the code of the subject's key-derived target); otherwise
+    ``sqrt(z_dim) W u``, ``u`` the unit direction of the subject's centred embedding (1, dim) and
+    ``W`` a key-seeded orthonormal map, so the code keeps about the length of a Gaussian draw. With
+    ``w = 0`` everyone sharing a key starts from one synthetic face (the published method, one key
+    per person); with ``w > 0`` people sharing a key start from different faces, while photos of
+    one person (close directions) start close together, and another key draws unrelated codes.
     """
     if not 0.0 <= identity_weight <= 1.0:
         raise ValueError(f"identity_weight must be between 0 and 1, not {identity_weight}")
     code = torch.randn(1, z_dim, generator=key_generator(key, profile_id, LATENT_PURPOSE))
     if identity_weight == 0.0:
         return code
+    if identity_code is not None:
+        if identity_code.shape != (1, z_dim):
+            raise ValueError(f"identity_code must be (1, {z_dim}), not {tuple(identity_code.shape)}")
+        return math.sqrt(1.0 - identity_weight**2) * code + identity_weight * identity_code.cpu().float()
     dim = centred.shape[-1]
     draw = torch.randn(
         max(z_dim, dim),

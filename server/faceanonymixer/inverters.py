@@ -39,8 +39,12 @@ class MappedCodeInverter(nn.Module):
         super().__init__()
         self.encoder, self.generator, self.image_size = encoder, generator, image_size
 
+    def code(self, crops: torch.Tensor) -> torch.Tensor:
+        """The generator's input codes (N, z_dim) for crops in [-1, 1]."""
+        return self.encoder(_resized(crops, self.image_size)).flatten(1)
+
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return self.generator.mapping(self.encoder(_resized(crops, self.image_size)).flatten(1))
+        return self.generator.mapping(self.code(crops))
 
 
 class WPlusInverter(nn.Module):

@@ -79,6 +79,10 @@ class Profile:
     #: how photos are cut: "dlib" (the recognizer's dlib chip; the generator's crop onto its
     #: landmark template) or "ffhq" (both with the FFHQ recipe StyleGAN2 and e4e were trained on)
     alignment: Literal["dlib", "ffhq"] = "dlib"
+    #: a fitted map from identities to generator codes (a name in the committed weights
+    #: manifest; ``identity_code.py``): the subject's part of the key's synthetic face is the code
+    #: of its target identity. None: a key-seeded random map of the subject's embedding
+    identity_code_map: str | None = None
 
 
 #: The DCGAN's first feature map moves too little in 50 steps at the published lr of 0.01 (tuned for
@@ -102,17 +106,24 @@ EMBEDDED_DIGIFACE = Profile(
 #: against 2.25: on 30 lfw people x 3 photos (10 tuned on, 20 held out), one key shared by everyone,
 #: dlib's impostor non-match 0.975 against 0.957 and FaceNet's own-key impostor non-match (tuning /
 #: held out) 0.951 / 0.975 against 0.842 / 0.964, for dlib same-key genuine match 0.889 against
-#: 0.920 (README, "The embedded generator"). synthetic_identity_weight stays 0: 0.5 separated
-#: people under one shared key a little more (FaceNet 0.930 against 0.902 held out) but lost
-#: genuine matches (dlib 0.767).
+#: 0.920 (README, "The embedded generator"). A random key-seeded map of the subject's identity
+#: into the key's face (synthetic_identity_weight 0.5, no fitted map) separated people under one
+#: shared key a little more (FaceNet 0.930 against 0.902 held out) but lost genuine matches
+#: (dlib 0.767).
 #: The generator ("lfw-dcgan", ``generators.py``) starts the optimised feature map 0.7 from the
 #: key's face in its four centre cells and 0.2 in the border cells, not 50/50 everywhere: people
 #: sharing one key no longer share its outline (README, "The key's face in the centre").
+#: With ``synthetic_identity_weight`` above 0 the subject's part of the key's face is the code of
+#: its target identity under the fitted map "lfw-dcgan-identity-code". Weight 1, pooled over five
+#: runs: FaceNet's shared-key impostor non-match 0.962 against 0.918, but same-key genuine match
+#: dlib 0.871 and FaceNet 0.733 against 0.904 / 0.779, so the default stays 0 (README, "The key's
+#: face from the target identity"). At 0 the map is not used: protected faces are unchanged.
 EMBEDDED = replace(
     EMBEDDED_DIGIFACE,
     profile_id="embedded",
     generator="lfw-dcgan",
     encoder="lfw-dcgan-encoder",
+    identity_code_map="lfw-dcgan-identity-code",
     optimisation=replace(EMBEDDED_DIGIFACE.optimisation, target_gain=3.0),
 )
 

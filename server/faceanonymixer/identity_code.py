@@ -1,0 +1,133 @@
+"""The generator code of an identity: a linear map from the loss recognizer's embedding space to
+the generator's input code, fitted on real faces and committed with the weights.
+
+With ``synthetic_identity_weight`` w > 0 part of the key's synthetic face is drawn from the
+subject. Where the profile has a fitted map, that part is the code of the subject's key-derived
+*target* identity (``identity_target.py``): the synthetic face the optimisation starts from already
+leans toward where the loss pulls, so people sharing one key start from faces as different as
+their targets, and photos of one person (close targets) from close faces.
+
+The map is the least-squares slope of the generator encoder's codes of real photos on their
+centred embeddings. Only the direction of ``slope @ offset`` is kept, at the mean length of those
+codes: a real face's code, not an extrapolation far outside the generator's training range.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from faceanonymixer.embedding import chips_to_tensor
+from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
+from faceanonymixer.inverters import MappedCodeInverter
+from faceanonymixer.weights import check_sha256, file_sha256
+
+if TYPE_CHECKING:
+    from faceanonymixer.engine import ProtectionEngine
+
+_FORMAT = "faceanonymixer/identity-code-map/v1"
+
+
+@dataclass(frozen=True)
+class IdentityCodeMap:
+    #: (z_dim, embedding_dim) least-squares slope of codes on centred embeddings
+    slope: torch.Tensor
+    #: mean length of the real photos' codes; every code this map gives has this length
+    code_norm: float
+
+    def __post_init__(self) -> None:
+        if self.slope.ndim != 2 or not self.code_norm > 0:
+            raise ModelFormatError("an identity code map is a 2-D slope and a positive code length")
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.slope.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.slope.shape[1])
+
+    def code(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Generator codes (N, z_dim) for (N, embedding_dim) offsets from the real-face centre."""
+        if offsets.ndim != 2 or offsets.shape[1] != self.embedding_dim:
+            raise ValueError(f"offsets must be (N, {self.embedding_dim}), not {tuple(offsets.shape)}")
+        slope = self.slope.to(device=offsets.device)
+        return self.code_norm * F.normalize(offsets.float() @ slope.T, dim=1)
+
+
+def fit_identity_code_map(offsets: np.ndarray, codes: np.ndarray) -> IdentityCodeMap:
+    """Least squares (with an intercept, which the map then drops) of ``codes`` (N, z_dim) on
+    ``offsets`` (N, embedding_dim), the centred embeddings of the same photos. A small ridge
+    (alpha 1e-3): dlib embeddings barely vary along some directions, and plain least squares
+    multiplies their noise by thousands."""
+    from sklearn.linear_model import Ridge  # the [eval] extra
+
+    if len(offsets) != len(codes) or len(offsets) <= offsets.shape[1]:
+        raise FaceAnonyMixerError(
+            f"fitting needs more photos than embedding dimensions ({offsets.shape[1]}), got {len(offsets)}"
+        )
+    regression = Ridge(alpha=1e-3).fit(offsets.astype(np.float64), codes.astype(np.float64))
+    norm = float(np.linalg.norm(codes, axis=1).mean())
+    return IdentityCodeMap(torch.from_numpy(regression.coef_).float(), norm)
+
+
+def measure_code_pairs(
+    engine: ProtectionEngine, photos: Sequence[Path]
+) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """(centred embeddings, encoder codes, photos used) over ``photos`` with the engine's models;
+    photos without exactly one face are skipped."""
+    inverter = engine.inverter
+    if not isinstance(inverter, MappedCodeInverter):
+        raise FaceAnonyMixerError(
+            f"profile {engine.profile.profile_id!r}: its encoder predicts no generator code"
+        )
+    offsets, codes, used = [], [], []
+    with torch.no_grad():
+        for path in tqdm(photos, desc="embedding and encoding faces", unit="photo"):
+            try:
+                face = engine.prepare(path)
+            except FaceAnonyMixerError:
+                continue
+            chip = chips_to_tensor([face.chip.image], engine.device)
+            crop = chips_to_tensor([face.crop.image], engine.device) / 127.5 - 1.0
+            offsets.append((engine.passes.embed(chip) - engine.identity_centre)[0].cpu().numpy())
+            codes.append(inverter.code(crop)[0].cpu().numpy())
+            used.append(path)
+    if not used:
+        raise FaceAnonyMixerError("no face could be aligned in the training photos")
+    return np.stack(offsets), np.stack(codes), used
+
+
+def save_identity_code_map(code_map: IdentityCodeMap, path: Path) -> str:
+    """Write atomically (a temporary file, then a rename); returns the SHA-256."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as handle:
+        np.savez(
+            handle,
+            format=np.array(_FORMAT),
+            slope=code_map.slope.numpy().astype(np.float32),
+            code_norm=np.array(code_map.code_norm, dtype=np.float64),
+        )
+    temporary.replace(path)
+    return file_sha256(path)
+
+
+def load_identity_code_map(path: Path, *, sha256: str | None = None) -> IdentityCodeMap:
+    check_sha256(path, sha256)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["format"]) != _FORMAT:
+                raise ModelFormatError(f"{path}: not an identity code map ({data['format']})")
+            return IdentityCodeMap(torch.from_numpy(data["slope"]).float(), float(data["code_norm"]))
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, ModelFormatError):
+            raise
+        raise ModelFormatError(f"{path}: not an identity code map ({error})") from error
