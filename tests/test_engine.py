@@ -139,7 +139,7 @@ def test_synthetic_latent_is_the_keys_code_for_this_identity(
 ) -> None:
     assert result_a.latents is not None
     np.testing.assert_allclose(
-        result_a.latents["synthetic"], expected_synthetic(engine, photo_path, KEY_A), rtol=1e-5, atol=1e-5
+        result_a.latents["synthetic"], expected_synthetic(engine, photo_path, KEY_A), rtol=1e-6, atol=1e-6
     )
     other_path = faces_root / "lfw" / "Al_Sharpton" / "Al_Sharpton_0001.jpg"
     for weight in (0.5, 1.0):
@@ -152,7 +152,7 @@ def test_synthetic_latent_is_the_keys_code_for_this_identity(
         )
         assert mine is not None and other is not None and another_key is not None
         np.testing.assert_allclose(
-            mine["synthetic"], expected_synthetic(start, photo_path, KEY_A), rtol=1e-5, atol=1e-5
+            mine["synthetic"], expected_synthetic(start, photo_path, KEY_A), rtol=1e-6, atol=1e-6
         )
         assert not np.allclose(mine["synthetic"], result_a.latents["synthetic"], atol=1e-3)
         assert not np.allclose(other["synthetic"], mine["synthetic"], atol=1e-3)

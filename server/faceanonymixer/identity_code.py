@@ -14,6 +14,7 @@ codes: a real face's code, not an extrapolation far outside the generator's trai
 
 from __future__ import annotations
 
+import io
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
 from faceanonymixer.inverters import MappedCodeInverter
+from faceanonymixer.outputs import write_atomic
 from faceanonymixer.weights import check_sha256, file_sha256
 
 if TYPE_CHECKING:
@@ -107,16 +109,15 @@ def measure_code_pairs(
 
 
 def save_identity_code_map(code_map: IdentityCodeMap, path: Path) -> str:
-    """Write atomically (a temporary file, then a rename); returns the SHA-256."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        np.savez(
-            handle,
-            format=np.array(_FORMAT),
-            slope=code_map.slope.numpy().astype(np.float32),
-            code_norm=np.array(code_map.code_norm, dtype=np.float64),
-        )
-    temporary.replace(path)
+    """Write atomically (``outputs.write_atomic``); returns the SHA-256."""
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        format=np.array(_FORMAT),
+        slope=code_map.slope.numpy().astype(np.float32),
+        code_norm=np.array(code_map.code_norm, dtype=np.float64),
+    )
+    write_atomic(path, buffer.getvalue())
     return file_sha256(path)
 
 
