@@ -3,6 +3,7 @@ one-line errors with the table's exit codes; ``write_png_atomic`` leaves nothing
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -172,6 +173,24 @@ def test_a_key_file_of_the_wrong_length_exits_4(tmp_path: Path, photos: list[Pat
 def test_a_missing_key_file_exits_4(tmp_path: Path, photos: list[Path]) -> None:
     out = tmp_path / "out"
     assert_one_line_error(protect(photos[0], "--key-file", tmp_path / "none.bin", "--out", out), 4)
+    assert not out.exists()
+
+
+def test_a_local_key_bound_to_another_profile_exits_4(
+    tmp_path: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
+
+    kek = bytes(range(32))
+    monkeypatch.setenv("FACEANONYMIXER_KEK", base64.b64encode(kek).decode())
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    with KeyStore.open(url, KeyEncryptionKey(kek)) as store:
+        record = store.create_key("default", "alice", profile_id="embedded-shared-key", actor="test")
+    out = tmp_path / "out"
+    arguments = ("--key-id", record.key_id, "--keystore", url, "--out", out)
+    # its enrolled faces were protected with other settings: they would silently stop matching
+    line = assert_one_line_error(protect(photos[0], *arguments, "--profile", "embedded"), 4)
+    assert "embedded-shared-key" in line
     assert not out.exists()
 
 

@@ -154,7 +154,7 @@ def protect(
         else:
             from faceanonymixer.cli_protect import load_local_key, protect_locally
 
-            key = load_local_key(key_file, key_version, key_id, keystore, tenant)
+            key = load_local_key(key_file, key_version, key_id, keystore, tenant, profile)
             protected = protect_locally(
                 images, key, profile, crop=crop, steps=steps, runtime=runtime, onnx_dir=onnx_dir
             )

@@ -26,18 +26,30 @@ class ProtectedOutput:
 
 
 def load_local_key(
-    key_file: Path | None, key_version: int, key_id: str | None, keystore: str | None, tenant: str
+    key_file: Path | None,
+    key_version: int,
+    key_id: str | None,
+    keystore: str | None,
+    tenant: str,
+    profile: str,
 ) -> ProtectionKey:
-    """A raw key file, or a key of the local key store (which refuses a revoked key)."""
+    """A raw key file, or a key of the local key store (which refuses a revoked key, and a key
+    bound to another profile: its enrolled faces were protected with other settings)."""
     if key_file is not None:
         return ProtectionKey.from_file(key_file, version=key_version)
     assert key_id is not None
+    from faceanonymixer.errors import InvalidKeyError
     from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
     from faceanonymixer.service.settings import ServiceSettings
 
     settings = ServiceSettings.load(None, keystore=keystore)
     with KeyStore.open(settings.keystore, KeyEncryptionKey.from_env()) as store:
-        _, key = store.key_for_use(tenant, key_id)
+        record, key = store.key_for_use(tenant, key_id)
+    if record.profile_id != profile:
+        raise InvalidKeyError(
+            f"key {key_id} is bound to profile {record.profile_id!r}, not {profile!r} "
+            f"(--profile {record.profile_id})"
+        )
     return key
 
 
