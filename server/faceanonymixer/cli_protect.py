@@ -38,18 +38,12 @@ def load_local_key(
     if key_file is not None:
         return ProtectionKey.from_file(key_file, version=key_version)
     assert key_id is not None
-    from faceanonymixer.errors import InvalidKeyError
     from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
     from faceanonymixer.service.settings import ServiceSettings
 
     settings = ServiceSettings.load(None, keystore=keystore)
     with KeyStore.open(settings.keystore, KeyEncryptionKey.from_env()) as store:
-        record, key = store.key_for_use(tenant, key_id)
-    if record.profile_id != profile:
-        raise InvalidKeyError(
-            f"key {key_id} is bound to profile {record.profile_id!r}, not {profile!r} "
-            f"(--profile {record.profile_id})"
-        )
+        _, key = store.key_for_use(tenant, key_id, profile=profile)
     return key
 
 

@@ -86,6 +86,13 @@ class KeyRevokedError(FaceAnonyMixerError, sdk.KeyRevokedError):
     exit_code = 4
 
 
+class ProfileMismatchError(FaceAnonyMixerError, sdk.ProfileMismatchError):
+    """The key is bound to another model profile: faces enrolled with it were protected with
+    other models or settings, and would silently stop matching."""
+
+    exit_code = 4
+
+
 class KeyAccessDeniedError(FaceAnonyMixerError, sdk.PermissionDeniedError):
     """The key id was not issued to the caller's tenant. Says nothing about whether it exists."""
 

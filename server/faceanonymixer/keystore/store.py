@@ -29,6 +29,7 @@ from faceanonymixer.errors import (
     KeyNotFoundError,
     KeyRevokedError,
     KeyStoreError,
+    ProfileMismatchError,
     WrongKeyEncryptionKeyError,
 )
 from faceanonymixer.keystore import audit, database, paging
@@ -291,9 +292,13 @@ class KeyStore:
         with self._reading("read a key") as connection:
             return _record(self._row(connection, tenant, key_id))
 
-    def key_for_use(self, tenant: str, key_id: str) -> tuple[KeyRecord, ProtectionKey]:
+    def key_for_use(
+        self, tenant: str, key_id: str, *, profile: str | None = None
+    ) -> tuple[KeyRecord, ProtectionKey]:
         """The key and its material, read from the database on every call (no cache), so a
-        revocation by any replica is enforced at once. A revoked key raises ``KeyRevokedError``."""
+        revocation by any replica is enforced at once. A revoked key raises ``KeyRevokedError``;
+        a key bound to another profile than ``profile`` (the caller's; None: any) raises
+        ``ProfileMismatchError``."""
         from faceanonymixer.protection_key import ProtectionKey
 
         tenant = _text(tenant, "tenant")
@@ -303,6 +308,10 @@ class KeyStore:
         record = _record(row)
         if record.state != ACTIVE:
             raise KeyRevokedError(f"key {key_id} was revoked; its replacement is {record.replaced_by_key_id}")
+        if profile is not None and record.profile_id != profile:
+            raise ProfileMismatchError(
+                f"key {key_id} is bound to profile {record.profile_id!r}, not {profile!r}"
+            )
         material = self._kek.unwrap(
             bytes(row.wrapped_material), tenant=tenant, key_id=key_id, version=record.version
         )

@@ -164,17 +164,7 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServiceServicer):
     async def _key(self, tenant: str, key_id: str, fields: dict[str, Any]) -> tuple[KeyRecord, ProtectionKey]:
         key_operations.check_key_id(key_id)
         fields["key_id"] = key_id
-        record, key = await asyncio.to_thread(self.store.key_for_use, tenant, key_id)
-        if record.profile_id != self.settings.profile:
-            raise ServiceError(
-                rich_status(
-                    code_pb2.FAILED_PRECONDITION,
-                    f"the key is bound to profile {record.profile_id!r}; this server runs "
-                    f"{self.settings.profile!r}",
-                    Reason.PROFILE_MISMATCH,
-                )
-            )
-        return record, key
+        return await asyncio.to_thread(self.store.key_for_use, tenant, key_id, profile=self.settings.profile)
 
     async def _protect(
         self,

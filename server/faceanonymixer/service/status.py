@@ -24,6 +24,7 @@ from faceanonymixer.errors import (
     KeyStoreError,
     MultipleFacesError,
     NoFaceError,
+    ProfileMismatchError,
     ProtectionCancelledError,
 )
 from faceanonymixer_client.errors import DOMAIN, Reason
@@ -82,6 +83,8 @@ def status_for(error: BaseException) -> status_pb2.Status:
         return rich_status(code_pb2.NOT_FOUND, str(error), Reason.KEY_NOT_FOUND)
     if isinstance(error, KeyRevokedError):
         return rich_status(code_pb2.FAILED_PRECONDITION, str(error), Reason.KEY_REVOKED)
+    if isinstance(error, ProfileMismatchError):
+        return rich_status(code_pb2.FAILED_PRECONDITION, str(error), Reason.PROFILE_MISMATCH)
     if isinstance(error, KeyAccessDeniedError):
         return rich_status(code_pb2.PERMISSION_DENIED, str(error), Reason.KEY_ACCESS_DENIED)
     if isinstance(error, InvalidKeyError):
