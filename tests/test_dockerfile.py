@@ -234,6 +234,17 @@ def test_the_wheel_is_built_from_every_package_folder_and_the_readme() -> None:
         assert any(Path(package).is_relative_to(source) for source in copied), package
 
 
+def test_every_committed_weights_file_ships_in_the_wheel() -> None:
+    # the image installs the wheel, not the work tree: a weights file the package data misses is
+    # absent there, and the profile that needs it fails to load
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["faceanonymixer"]
+    manifest = json.loads((REPO_ROOT / "server" / "faceanonymixer" / "weights" / "manifest.json").read_text())
+    for name, entry in manifest.items():
+        shipped = Path("weights", entry["file"])
+        assert any(shipped.match(pattern) for pattern in patterns), f"{name}: {shipped} is not package data"
+
+
 # ---- stages and targets -------------------------------------------------------------------------
 
 
