@@ -121,7 +121,13 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
     assert engine.identity_code_map is not None
     with torch.no_grad():
         original = engine.recognizer(chips_to_tensor([face.chip.image]))
-        mapping = config.target_gain * key_target_map(key, "embedded", original.shape[1], config.target_rank)
+        subspace = None
+        if config.target_subspace:
+            assert engine.identity_basis is not None
+            subspace = engine.identity_basis.top(config.target_subspace)
+        mapping = config.target_gain * key_target_map(
+            key, "embedded", original.shape[1], config.target_rank, subspace
+        )
         target = target_identity(original, centre, mapping)
         z = synthetic_code(
             key,
@@ -157,6 +163,34 @@ def test_synthetic_latent_is_the_keys_code_for_this_identity(
         assert not np.allclose(mine["synthetic"], result_a.latents["synthetic"], atol=1e-3)
         assert not np.allclose(other["synthetic"], mine["synthetic"], atol=1e-3)
         assert not np.allclose(another_key["synthetic"], mine["synthetic"], atol=1e-3)
+
+
+def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: ProtectionEngine) -> None:
+    assert engine.identity_basis is not None
+    mean = engine.identity_centre[None] + 0.1 * torch.randn(
+        1, 128, generator=torch.Generator().manual_seed(5)
+    )
+    axes = engine.identity_basis.top(64)
+    for count in (64, 96):
+        _, target = engine.key_start_and_target(
+            KEY_A, mean, dataclasses.replace(engine.config, target_subspace=count)
+        )
+        offset = (target - engine.identity_centre)[0]
+        inside = engine.identity_basis.top(count)
+        assert (offset - inside @ (inside.T @ offset)).norm() < 1e-4 * offset.norm()
+    # the whole space (0): most of the target lies off the 64 main axes of real faces
+    _, anywhere = engine.key_start_and_target(
+        KEY_A, mean, dataclasses.replace(engine.config, target_subspace=0)
+    )
+    offset = (anywhere - engine.identity_centre)[0]
+    assert (offset - axes @ (axes.T @ offset)).norm() > 0.3 * offset.norm()
+
+
+def test_a_subspace_without_an_identity_basis_is_refused(engine: ProtectionEngine) -> None:
+    clone = variant(engine, target_subspace=64)
+    clone.identity_basis = None
+    with pytest.raises(ValueError, match="no identity basis"):
+        clone.key_start_and_target(KEY_A, engine.identity_centre[None])
 
 
 # ---- latent mixing by layout -----------------------------------------------------------------

@@ -228,6 +228,41 @@ def test_target_map_preserves_expected_squared_distances(rank: int) -> None:
     assert ratio == pytest.approx(1.0, abs=0.05)
 
 
+def _subspace(dim: int, count: int) -> torch.Tensor:
+    draw = torch.randn(dim, count, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    return torch.linalg.qr(draw).Q.float()
+
+
+def test_target_map_in_a_subspace_lands_inside_it_and_keeps_its_scale() -> None:
+    subspace = _subspace(128, 80)
+    mapping = key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64, subspace).double()
+    outside = mapping - subspace.double() @ (subspace.double().T @ mapping)
+    assert outside.norm() < 1e-5 * mapping.norm()
+    singular = torch.linalg.svdvals(mapping)
+    torch.testing.assert_close(
+        singular[:64], torch.full((64,), 2**0.5, dtype=torch.float64), atol=1e-5, rtol=1e-5
+    )
+    assert bool((singular[64:] < 1e-4).all())
+    # the source side is the key's own draw either way: the same directions of the photo are kept
+    whole = key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64).double()
+    kept = torch.linalg.svd(mapping).Vh[:64]
+    kept_whole = torch.linalg.svd(whole).Vh[:64]
+    torch.testing.assert_close(kept.T @ kept, kept_whole.T @ kept_whole, atol=1e-5, rtol=0)
+
+
+def test_target_map_in_a_subspace_differs_between_keys() -> None:
+    subspace = _subspace(128, 64)
+    first = key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64, subspace)
+    second = key_target_map(ProtectionKey(KEY_B), "embedded", 128, 64, subspace)
+    assert (first - second).norm() > 0.5 * first.norm()
+
+
+@pytest.mark.parametrize("shape", [(128, 32), (64, 80), (128,)])
+def test_target_map_refuses_a_subspace_of_the_wrong_shape(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="target subspace"):
+        key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64, torch.zeros(shape))
+
+
 def test_target_identity_maps_around_the_centre() -> None:
     mapping = key_target_map(ProtectionKey(KEY_A), "embedded", 8, 4)
     centre = torch.arange(8, dtype=torch.float32)

@@ -136,18 +136,38 @@ def identity_stats_command(
     data: Annotated[Path, typer.Option(help="Folder of <identity>/<image> training photos (lfw_train).")],
     recognizer: Annotated[str, typer.Option(help="Recognizer whose embedding space is measured.")] = "dlib",
     limit: Annotated[int, typer.Option(min=1, help="Photos to embed.")] = 4000,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where the files go (default: the committed weights).")
+    ] = None,
 ) -> None:
-    """Measure and commit the mean real-face embedding of a recognizer."""
+    """Measure the centre of real faces in a recognizer's space and their principal axes (where
+    key-derived targets are drawn); recorded in the committed manifest when written there."""
     with one_line_errors():
-        from faceanonymixer.identity_stats import measure_identity_mean, save_identity_mean
+        from faceanonymixer.identity_stats import (
+            embed_training_faces,
+            identity_basis,
+            identity_mean,
+            save_identity_basis,
+            save_identity_mean,
+        )
         from faceanonymixer.recognizers import load_recognizer
         from faceanonymixer.weights import WEIGHTS_DIR, record_weights
 
-        mean = measure_identity_mean(data, load_recognizer(recognizer, device="cpu"), limit=limit)
-        target = WEIGHTS_DIR / f"{recognizer}_identity_mean.npy"
-        sha256 = save_identity_mean(mean, target)
-        record_weights(f"{recognizer}-identity-mean", target.name, sha256, _reproducing_command())
-        typer.echo(f"{target}  sha256 {sha256}")
+        embeddings = embed_training_faces(data, load_recognizer(recognizer, device="cpu"), limit=limit)
+        target_dir = out_dir or WEIGHTS_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        mean_file = target_dir / f"{recognizer}_identity_mean.npy"
+        basis_file = target_dir / f"{recognizer}_identity_basis.npz"
+        # both computed before either is written: a failure leaves the committed pair as it was
+        mean, basis = identity_mean(embeddings), identity_basis(embeddings)
+        written = {
+            f"{recognizer}-identity-mean": (mean_file, save_identity_mean(mean, mean_file)),
+            f"{recognizer}-identity-basis": (basis_file, save_identity_basis(basis, basis_file)),
+        }
+        for name, (target, sha256) in written.items():
+            if target_dir.resolve() == WEIGHTS_DIR.resolve():
+                record_weights(name, target.name, sha256, _reproducing_command())
+            typer.echo(f"{target}  sha256 {sha256}")
 
 
 @models_app.command("fit-identity-code")

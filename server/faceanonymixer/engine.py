@@ -46,7 +46,7 @@ from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.errors import ModelFormatError, ProtectionCancelledError
 from faceanonymixer.generators import Generator, LatentRole, load_generator
 from faceanonymixer.identity_code import IdentityCodeMap, load_identity_code_map
-from faceanonymixer.identity_stats import load_identity_mean
+from faceanonymixer.identity_stats import IdentityBasis, load_identity_basis, load_identity_mean
 from faceanonymixer.identity_target import (
     key_target_map,
     synthetic_code,
@@ -148,6 +148,7 @@ class ProtectionEngine:
         self.inverter = load_inverter(self.profile.encoder, self.generator, device=self.device)
         self.identity_centre = self._identity_centre()
         self.identity_code_map = self._identity_code_map()
+        self.identity_basis = self._identity_basis()
         self.precision = _autocast_dtype(precision, self.device)
         self.passes = _forward_passes(self, runtime, onnx_dir)
         # NHWC convolutions: tensor cores on CUDA, oneDNN instead of the slow im2col path on CPU
@@ -174,6 +175,18 @@ class ProtectionEngine:
                 f"the profile's models need {self.recognizer.embedding_dim} to {self.generator.z_dim}"
             )
         return code_map
+
+    def _identity_basis(self) -> IdentityBasis | None:
+        if self.profile.identity_basis is None:
+            return None
+        entry = weights_entry(self.profile.identity_basis)
+        basis = load_identity_basis(entry.path, sha256=entry.sha256)
+        if basis.dim != self.recognizer.embedding_dim:
+            raise ModelFormatError(
+                f"{entry.path}: axes of a {basis.dim}-d space, "
+                f"the recognizer's is {self.recognizer.embedding_dim}-d"
+            )
+        return basis
 
     # ---- preparation -------------------------------------------------------------------------
 
@@ -289,8 +302,15 @@ class ProtectionEngine:
         whose original embedding (the mean over its photos) is ``mean`` (1, dim)."""
         config = config or self.config
         centre = self.identity_centre
+        subspace = None
+        if config.target_subspace:
+            if self.identity_basis is None:
+                raise ValueError(
+                    f"profile {self.profile.profile_id!r} has no identity basis for target_subspace"
+                )
+            subspace = self.identity_basis.top(config.target_subspace)
         mapping = config.target_gain * key_target_map(
-            key, self.profile.profile_id, mean.shape[1], config.target_rank
+            key, self.profile.profile_id, mean.shape[1], config.target_rank, subspace
         )
         target = target_identity(mean, centre, mapping.to(self.device))
         identity_code = None

@@ -29,6 +29,9 @@ class OptimisationConfig:
     target_rank: int = 64
     #: scale of the target's distance from the real-face centre (1 keeps real-face spread)
     target_gain: float = 1.0
+    #: targets drawn inside this many principal axes of real identities (the profile's
+    #: ``identity_basis``), where faces vary; 0: anywhere in the embedding space
+    target_subspace: int = 0
     #: share of the key's synthetic face drawn from the subject's identity (0: from the key
     #: alone, as published); above 0, people sharing one key start from different faces
     synthetic_identity_weight: float = 0.0
@@ -53,6 +56,8 @@ class OptimisationConfig:
             raise ValueError("synthetic_identity_weight must be between 0 and 1")
         if self.target_rank < 1:
             raise ValueError("target_rank must be at least 1")
+        if self.target_subspace and self.target_subspace < self.target_rank:
+            raise ValueError("target_subspace must be 0 (the whole space) or at least target_rank")
         if self.early_stop_tolerance < 0 or self.early_stop_patience < 1:
             raise ValueError("early_stop_tolerance must not be negative, early_stop_patience at least 1")
 
@@ -83,6 +88,9 @@ class Profile:
     #: manifest; ``identity_code.py``): the subject's part of the key's synthetic face is the code
     #: of its target identity. None: a key-seeded random map of the subject's embedding
     identity_code_map: str | None = None
+    #: the principal axes of real identities in the recognizer's space (a name in the committed
+    #: weights manifest; ``identity_stats.py``), for ``target_subspace``
+    identity_basis: str | None = None
 
 
 #: The DCGAN's first feature map moves too little in 50 steps at the published lr of 0.01 (tuned for
@@ -99,6 +107,7 @@ EMBEDDED_DIGIFACE = Profile(
     encoder="embedded-encoder",
     identity_mean="dlib-identity-mean",
     optimisation=OptimisationConfig(learning_rate=0.05, target_gain=2.25),
+    identity_basis="dlib-identity-basis",
 )
 
 #: The default: the same DCGAN fine-tuned adversarially on real faces (``lfw_train``) together with
