@@ -14,8 +14,6 @@ codes: a real face's code, not an extrapolation far outside the generator's trai
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,7 @@ from tqdm import tqdm
 from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
 from faceanonymixer.inverters import MappedCodeInverter
-from faceanonymixer.outputs import write_atomic
-from faceanonymixer.weights import check_sha256, file_sha256
+from faceanonymixer.weights import load_tagged_arrays, save_tagged_arrays
 
 if TYPE_CHECKING:
     from faceanonymixer.engine import ProtectionEngine
@@ -110,25 +107,17 @@ def measure_code_pairs(
 
 def save_identity_code_map(code_map: IdentityCodeMap, path: Path) -> str:
     """Write atomically (``outputs.write_atomic``); returns the SHA-256."""
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        format=np.array(_FORMAT),
+    return save_tagged_arrays(
+        path,
+        _FORMAT,
         slope=code_map.slope.numpy().astype(np.float32),
         code_norm=np.array(code_map.code_norm, dtype=np.float64),
     )
-    write_atomic(path, buffer.getvalue())
-    return file_sha256(path)
 
 
 def load_identity_code_map(path: Path, *, sha256: str | None = None) -> IdentityCodeMap:
-    check_sha256(path, sha256)
+    arrays = load_tagged_arrays(path, _FORMAT, "an identity code map", sha256=sha256)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["format"]) != _FORMAT:
-                raise ModelFormatError(f"{path}: not an identity code map ({data['format']})")
-            return IdentityCodeMap(torch.from_numpy(data["slope"]).float(), float(data["code_norm"]))
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        if isinstance(error, ModelFormatError):
-            raise
-        raise ModelFormatError(f"{path}: not an identity code map ({error})") from error
+        return IdentityCodeMap(torch.from_numpy(arrays["slope"]).float(), float(arrays["code_norm"]))
+    except KeyError as error:
+        raise ModelFormatError(f"{path}: not an identity code map (no {error})") from error

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from faceanonymixer.embedding import embed_images
 from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
 from faceanonymixer.models.base import Recognizer
 from faceanonymixer.outputs import write_atomic
-from faceanonymixer.weights import check_sha256, file_sha256
+from faceanonymixer.weights import check_sha256, file_sha256, load_tagged_arrays, save_tagged_arrays
 
 _BASIS_FORMAT = "faceanonymixer/identity-basis/v1"
 
@@ -100,27 +99,19 @@ def load_identity_mean(path: Path, *, sha256: str | None = None) -> torch.Tensor
 
 def save_identity_basis(basis: IdentityBasis, path: Path) -> str:
     """Write atomically (``outputs.write_atomic``); returns the SHA-256."""
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        format=np.array(_BASIS_FORMAT),
+    return save_tagged_arrays(
+        path,
+        _BASIS_FORMAT,
         axes=basis.axes.numpy().astype(np.float32),
         variances=basis.variances.numpy().astype(np.float32),
     )
-    write_atomic(path, buffer.getvalue())
-    return file_sha256(path)
 
 
 def load_identity_basis(path: Path, *, sha256: str | None = None) -> IdentityBasis:
-    check_sha256(path, sha256)
+    arrays = load_tagged_arrays(path, _BASIS_FORMAT, "an identity basis", sha256=sha256)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["format"]) != _BASIS_FORMAT:
-                raise ModelFormatError(f"{path}: not an identity basis ({data['format']})")
-            return IdentityBasis(
-                torch.from_numpy(data["axes"]).float(), torch.from_numpy(data["variances"]).float()
-            )
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        if isinstance(error, ModelFormatError):
-            raise
-        raise ModelFormatError(f"{path}: not an identity basis ({error})") from error
+        return IdentityBasis(
+            torch.from_numpy(arrays["axes"]).float(), torch.from_numpy(arrays["variances"]).float()
+        )
+    except KeyError as error:
+        raise ModelFormatError(f"{path}: not an identity basis (no {error})") from error

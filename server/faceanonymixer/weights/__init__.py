@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from faceanonymixer.errors import ModelFormatError
+from faceanonymixer.outputs import write_atomic
 
 WEIGHTS_DIR = Path(__file__).parent
 MANIFEST = WEIGHTS_DIR / "manifest.json"
@@ -38,6 +44,32 @@ def check_sha256(path: str | Path, expected: str | None) -> None:
     """Raise :class:`ModelFormatError` unless the file's SHA-256 is ``expected`` (None: no check)."""
     if expected is not None and (actual := file_sha256(path)) != expected:
         raise ModelFormatError(f"{path}: SHA-256 is {actual}, expected {expected}")
+
+
+def save_tagged_arrays(path: Path, format_tag: str, **arrays: np.ndarray) -> str:
+    """Write ``arrays`` and ``format_tag`` as one .npz, atomically; returns the SHA-256."""
+    buffer = io.BytesIO()
+    payload: dict[str, Any] = {"format": np.array(format_tag), **arrays}
+    np.savez(buffer, **payload)
+    write_atomic(path, buffer.getvalue())
+    return file_sha256(path)
+
+
+def load_tagged_arrays(
+    path: Path, format_tag: str, what: str, *, sha256: str | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of an .npz written by :func:`save_tagged_arrays` with ``format_tag``; anything
+    else (another tag, a damaged or foreign file) is a :class:`ModelFormatError` naming ``what``."""
+    check_sha256(path, sha256)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["format"]) != format_tag:
+                raise ModelFormatError(f"{path}: not {what} ({data['format']})")
+            return {name: data[name] for name in data.files if name != "format"}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, ModelFormatError):
+            raise
+        raise ModelFormatError(f"{path}: not {what} ({error})") from error
 
 
 def committed_weights() -> dict[str, CommittedWeights]:
