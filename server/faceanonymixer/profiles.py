@@ -127,7 +127,7 @@ EMBEDDED_DIGIFACE = Profile(
 #: runs: FaceNet's shared-key impostor non-match 0.962 against 0.918, but same-key genuine match
 #: dlib 0.871 and FaceNet 0.733 against 0.904 / 0.779, so the default stays 0 (README, "The key's
 #: face from the target identity"). At 0 the map is not used: protected faces are unchanged.
-#: ``embedded-shared-key`` (below) is this profile at weight 1.
+#: ``embedded-shared-key`` (below) is this profile at weight 1, with targets in real faces' axes.
 EMBEDDED = replace(
     EMBEDDED_DIGIFACE,
     profile_id="embedded",
@@ -139,15 +139,19 @@ EMBEDDED = replace(
 
 #: For deployments that give a whole application one key: ``embedded`` with the key's face drawn
 #: from each person's target identity (synthetic_identity_weight 1), so that people sharing the key
-#: start from different faces. A profile of its own, not a server override: keys record their
-#: profile, and a key enrolled under one setting would silently stop matching under the other
-#: (PROFILE_MISMATCH instead). Against ``embedded``, pooled over five runs: shared-key impostor
-#: non-match FaceNet 0.957 / 0.918, dlib 0.978 / 0.970; same-key genuine match FaceNet 0.690 /
-#: 0.779, dlib 0.895 / 0.904 (README, "One key per person or one per application").
+#: start from different faces, and targets drawn inside the 64 principal axes of real identities
+#: (target_subspace 64, where real faces vary and the generator reaches them, so target_gain 2.1
+#: instead of 3.0). A profile of its own, not a server override: keys record their profile, and a
+#: key enrolled under one setting would silently stop matching under the other (PROFILE_MISMATCH
+#: instead). Against ``embedded``, pooled over five runs: shared-key impostor non-match FaceNet
+#: 0.977 / 0.918, dlib 0.987 / 0.970; same-key genuine match FaceNet 0.686 / 0.779, dlib 0.910 /
+#: 0.904 (README, "One key per person or one per application").
 EMBEDDED_SHARED_KEY = replace(
     EMBEDDED,
     profile_id="embedded-shared-key",
-    optimisation=replace(EMBEDDED.optimisation, synthetic_identity_weight=1.0),
+    optimisation=replace(
+        EMBEDDED.optimisation, synthetic_identity_weight=1.0, target_subspace=64, target_gain=2.1
+    ),
 )
 
 #: The published models: StyleGAN2 FFHQ 1024 (W+ 18 x 512; rows 0-2 from the key, 3-7 optimised, 8-17
