@@ -120,7 +120,10 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
     config, centre = engine.config, engine.identity_centre
     assert engine.identity_code_map is not None
     with torch.no_grad():
-        original = engine.recognizer(chips_to_tensor([face.chip.image]))
+        chip = chips_to_tensor([face.chip.image])
+        original = engine.recognizer(chip)
+        if config.original_views == 2:
+            original = (original + engine.recognizer(chip.flip(-1))) / 2
         subspace = None
         if config.target_subspace:
             assert engine.identity_basis is not None
@@ -163,6 +166,26 @@ def test_synthetic_latent_is_the_keys_code_for_this_identity(
         assert not np.allclose(mine["synthetic"], result_a.latents["synthetic"], atol=1e-3)
         assert not np.allclose(other["synthetic"], mine["synthetic"], atol=1e-3)
         assert not np.allclose(another_key["synthetic"], mine["synthetic"], atol=1e-3)
+
+
+def test_the_original_may_average_the_photo_and_its_mirror_image(
+    engine: ProtectionEngine, photo_path: Path
+) -> None:
+    latents = {}
+    for count in (1, 2):
+        start = variant(
+            engine, synthetic_identity_weight=1.0, original_views=count, steps=0, inversion_steps=0
+        )
+        result = protect_one(start, photo_path, KEY_A, keep_latents=True)
+        assert result.latents is not None
+        np.testing.assert_allclose(
+            result.latents["synthetic"], expected_synthetic(start, photo_path, KEY_A), rtol=1e-6, atol=1e-6
+        )
+        latents[count] = result.latents["synthetic"]
+    # the key's face follows the photo's identity, and that is now estimated from two views
+    assert not np.allclose(latents[1], latents[2], atol=1e-4)
+    with pytest.raises(ValueError, match="original_views"):
+        dataclasses.replace(engine.config, original_views=3)
 
 
 def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: ProtectionEngine) -> None:

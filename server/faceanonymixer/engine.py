@@ -250,7 +250,7 @@ class ProtectionEngine:
             )
             return masks * pixels + (1.0 - masks) * chips
 
-        original = self.passes.embed(chips)
+        original = self._original_embeddings(chips, config)
         real = self._invert(crops, original, composite, check, config)
         inverted_at = time.perf_counter()
 
@@ -325,6 +325,15 @@ class ProtectionEngine:
             identity_code,
         )
         return self.generator.mapping(z.to(self.device)), target
+
+    def _original_embeddings(self, chips: torch.Tensor, config: OptimisationConfig) -> torch.Tensor:
+        """The photos' own identities: what anonymity pushes away from and targets derive from."""
+        original = self.passes.embed(chips)
+        if config.original_views == 2:
+            # a mirror image is the same person, and the mean of the two varies less between one
+            # person's photos (lfw_train: genuine distance 0.415 against 0.437, impostor 0.81)
+            original = (original + self.passes.embed(chips.flip(-1))) / 2
+        return original
 
     def _invert(
         self,
