@@ -132,13 +132,18 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
             key, "embedded", original.shape[1], config.target_rank, subspace
         )
         target = target_identity(original, centre, mapping)
+        start = target - centre
+        if config.start_axes:
+            assert engine.identity_basis is not None
+            axes = engine.identity_basis.top(config.start_axes)
+            start = (original - centre) @ axes @ axes.T @ mapping.T
         z = synthetic_code(
             key,
             "embedded",
             engine.generator.z_dim,
             original - centre,
             config.synthetic_identity_weight,
-            engine.identity_code_map.code(target - centre) if config.synthetic_identity_weight > 0 else None,
+            engine.identity_code_map.code(start) if config.synthetic_identity_weight > 0 else None,
         )
         return engine.generator.mapping(z)[0].numpy()
 
@@ -168,24 +173,26 @@ def test_synthetic_latent_is_the_keys_code_for_this_identity(
         assert not np.allclose(another_key["synthetic"], mine["synthetic"], atol=1e-3)
 
 
-def test_the_original_may_average_the_photo_and_its_mirror_image(
-    engine: ProtectionEngine, photo_path: Path
+# the key's face of a subject under a shared key follows its identity: read from the photo and its
+# mirror image (original_views 2), and from its coarse part only (start_axes k)
+@pytest.mark.parametrize(
+    ("setting", "plain", "other", "refused"), [("original_views", 1, 2, 3), ("start_axes", 0, 16, -1)]
+)
+def test_the_keys_face_follows_the_identity_as_the_settings_read_it(
+    engine: ProtectionEngine, photo_path: Path, setting: str, plain: int, other: int, refused: int
 ) -> None:
     latents = {}
-    for count in (1, 2):
-        start = variant(
-            engine, synthetic_identity_weight=1.0, original_views=count, steps=0, inversion_steps=0
-        )
+    for value in (plain, other):
+        start = variant(engine, synthetic_identity_weight=1.0, steps=0, inversion_steps=0, **{setting: value})
         result = protect_one(start, photo_path, KEY_A, keep_latents=True)
         assert result.latents is not None
         np.testing.assert_allclose(
-            result.latents["synthetic"], expected_synthetic(start, photo_path, KEY_A), rtol=1e-6, atol=1e-6
+            result.latents["synthetic"], expected_synthetic(start, photo_path, KEY_A), rtol=1e-5, atol=1e-5
         )
-        latents[count] = result.latents["synthetic"]
-    # the key's face follows the photo's identity, and that is now estimated from two views
-    assert not np.allclose(latents[1], latents[2], atol=1e-4)
-    with pytest.raises(ValueError, match="original_views"):
-        dataclasses.replace(engine.config, original_views=3)
+        latents[value] = result.latents["synthetic"]
+    assert not np.allclose(latents[plain], latents[other], atol=1e-4)
+    with pytest.raises(ValueError, match=setting):
+        dataclasses.replace(engine.config, **{setting: refused})
 
 
 def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: ProtectionEngine) -> None:
@@ -209,10 +216,15 @@ def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: Protectio
     assert (offset - axes @ (axes.T @ offset)).norm() > 0.3 * offset.norm()
 
 
-def test_a_subspace_without_an_identity_basis_is_refused(engine: ProtectionEngine) -> None:
-    clone = variant(engine, target_subspace=64)
+@pytest.mark.parametrize(
+    "overrides", [{"target_subspace": 64}, {"start_axes": 16, "synthetic_identity_weight": 1.0}]
+)
+def test_axes_without_an_identity_basis_are_refused(
+    engine: ProtectionEngine, overrides: dict[str, object]
+) -> None:
+    clone = variant(engine, **overrides)
     clone.identity_basis = None
-    with pytest.raises(ValueError, match="no identity basis"):
+    with pytest.raises(ValueError, match=f"no identity basis for {next(iter(overrides))}"):
         clone.key_start_and_target(KEY_A, engine.identity_centre[None])
 
 

@@ -302,20 +302,21 @@ class ProtectionEngine:
         whose original embedding (the mean over its photos) is ``mean`` (1, dim)."""
         config = config or self.config
         centre = self.identity_centre
-        subspace = None
-        if config.target_subspace:
-            if self.identity_basis is None:
-                raise ValueError(
-                    f"profile {self.profile.profile_id!r} has no identity basis for target_subspace"
-                )
-            subspace = self.identity_basis.top(config.target_subspace)
+        subspace = self._identity_axes(config.target_subspace, "target_subspace")
         mapping = config.target_gain * key_target_map(
             key, self.profile.profile_id, mean.shape[1], config.target_rank, subspace
-        )
-        target = target_identity(mean, centre, mapping.to(self.device))
+        ).to(self.device)
+        target = target_identity(mean, centre, mapping)
         identity_code = None
         if self.identity_code_map is not None and config.synthetic_identity_weight > 0:
-            identity_code = self.identity_code_map.code(target - centre)
+            start_axes = self._identity_axes(config.start_axes, "start_axes")
+            if start_axes is None:
+                identity_code = self.identity_code_map.code(target - centre)
+            else:
+                # the target of the subject's coarse identity: steadier across its photos
+                axes = start_axes.to(self.device)
+                coarse = (mean - centre) @ axes @ axes.T
+                identity_code = self.identity_code_map.code(coarse @ mapping.T)
         z = synthetic_code(
             key,
             self.profile.profile_id,
@@ -325,6 +326,15 @@ class ProtectionEngine:
             identity_code,
         )
         return self.generator.mapping(z.to(self.device)), target
+
+    def _identity_axes(self, count: int, setting: str) -> torch.Tensor | None:
+        """The top ``count`` principal axes of real identities, (dim, count) on the CPU (where
+        the key's draws are); None for 0 (the whole space)."""
+        if not count:
+            return None
+        if self.identity_basis is None:
+            raise ValueError(f"profile {self.profile.profile_id!r} has no identity basis for {setting}")
+        return self.identity_basis.top(count)
 
     def _original_embeddings(self, chips: torch.Tensor, config: OptimisationConfig) -> torch.Tensor:
         """The photos' own identities: what anonymity pushes away from and targets derive from."""

@@ -35,6 +35,10 @@ class OptimisationConfig:
     #: targets drawn inside this many principal axes of real identities (the profile's
     #: ``identity_basis``), where faces vary; 0: anywhere in the embedding space
     target_subspace: int = 0
+    #: the key's face from the subject's identity inside this many principal axes of real
+    #: identities (where a fitted code map gives the subject's part of it): the coarse part, which
+    #: varies less between one person's photos than the whole; 0: the whole identity
+    start_axes: int = 0
     #: share of the key's synthetic face drawn from the subject's identity (0: from the key
     #: alone, as published); above 0, people sharing one key start from different faces
     synthetic_identity_weight: float = 0.0
@@ -61,6 +65,8 @@ class OptimisationConfig:
             raise ValueError("synthetic_identity_weight must be between 0 and 1")
         if self.target_rank < 1:
             raise ValueError("target_rank must be at least 1")
+        if self.start_axes < 0:
+            raise ValueError("start_axes must be 0 (the whole identity) or a number of axes")
         if self.target_subspace and self.target_subspace < self.target_rank:
             raise ValueError("target_subspace must be 0 (the whole space) or at least target_rank")
         if self.early_stop_tolerance < 0 or self.early_stop_patience < 1:
@@ -132,8 +138,8 @@ EMBEDDED_DIGIFACE = Profile(
 #: runs: FaceNet's shared-key impostor non-match 0.962 against 0.918, but same-key genuine match
 #: dlib 0.871 and FaceNet 0.733 against 0.904 / 0.779, so the default stays 0 (README, "The key's
 #: face from the target identity"). At 0 the map is not used: protected faces are unchanged.
-#: ``embedded-shared-key`` (below) is this profile at weight 1, with targets in real faces' axes
-#: and a steadier original.
+#: ``embedded-shared-key`` (below) is this profile at weight 1, with targets in real faces' axes,
+#: a steadier original and the key's face from the coarse identity.
 EMBEDDED = replace(
     EMBEDDED_DIGIFACE,
     profile_id="embedded",
@@ -147,12 +153,13 @@ EMBEDDED = replace(
 #: from each person's target identity (synthetic_identity_weight 1), so that people sharing the key
 #: start from different faces; targets drawn inside the 64 principal axes of real identities
 #: (target_subspace 64, where real faces vary and the generator reaches them, so target_gain 2.1
-#: instead of 3.0); and each photo's identity read from it and its mirror image (original_views 2),
-#: which steadies the start and target a person's photos share. A profile of its own, not a server
-#: override: keys record their profile, and a key enrolled under one setting would silently stop
-#: matching under the other (PROFILE_MISMATCH instead). Against ``embedded``, pooled over five runs:
-#: shared-key impostor non-match FaceNet 0.975 / 0.918, dlib 0.985 / 0.970; same-key genuine match
-#: FaceNet 0.724 / 0.779, dlib 0.890 / 0.904 (README, "One key per person or one per application").
+#: instead of 3.0); each photo's identity read from it and its mirror image (original_views 2); and
+#: the key's face from the coarse part of that identity, its top 16 axes (start_axes 16): both keep
+#: one person's photos closer together. A profile of its own, not a server override: keys record
+#: their profile, and a key enrolled under one setting would silently stop matching under the other
+#: (PROFILE_MISMATCH instead). Against ``embedded``, pooled over five runs: shared-key impostor
+#: non-match FaceNet 0.969 / 0.918, dlib 0.984 / 0.970; same-key genuine match FaceNet 0.795 /
+#: 0.779, dlib 0.900 / 0.904 (README, "One key per person or one per application").
 EMBEDDED_SHARED_KEY = replace(
     EMBEDDED,
     profile_id="embedded-shared-key",
@@ -162,6 +169,7 @@ EMBEDDED_SHARED_KEY = replace(
         target_subspace=64,
         target_gain=2.1,
         original_views=2,
+        start_axes=16,
     ),
 )
 
