@@ -78,7 +78,8 @@ def synthetic_code(
 
     ``sqrt(1 - w^2) z_key + w i``: ``z_key`` a key-seeded Gaussian code and ``i`` the subject's
     part. ``i`` is ``identity_code`` where the profile has a fitted map from identities to codes
-    (``identity_code.py``: the code of the subject's key-derived target); otherwise
+    (``identity_code.py``: the code of the subject's key-derived target, or with the profile's
+    ``start_axes`` of the target of its identity's coarse part); otherwise
     ``sqrt(z_dim) W u``, ``u`` the unit direction of the subject's centred embedding (1, dim) and
     ``W`` a key-seeded orthonormal map, so the code keeps about the length of a Gaussian draw. With
     ``w = 0`` everyone sharing a key starts from one synthetic face (the published method, one key
