@@ -21,11 +21,9 @@ EVALUATION_SETS = ("orl", "yale", "deepface", "fr_examples", "lfw")
 @pytest.fixture(scope="module")
 def weights() -> None:
     """Skips where the embedded profile's committed weights are absent (a partial checkout)."""
-    from faceanonymixer.weights import committed_weights
+    from committed import committed_entry
 
-    entry = committed_weights().get("embedded-encoder")
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's encoder weights are not committed (weights/manifest.json)")
+    committed_entry("embedded-encoder", "the embedded profile's encoder")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from committed import committed_entry
 from typer.testing import CliRunner
 
 from faceanonymixer.cli import app
@@ -98,9 +99,7 @@ def test_save_and_load_round_trip_and_bad_files_are_typed_errors(tmp_path: Path)
 def test_the_embedded_profiles_map_is_committed_and_fits_its_models() -> None:
     profile = get_profile("embedded")
     assert profile.identity_code_map is not None
-    entry = committed_weights().get(profile.identity_code_map)
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's identity code map is not committed (weights/manifest.json)")
+    entry = committed_entry(profile.identity_code_map, "the embedded profile's identity code map")
     assert "fit-identity-code" in entry.command
     code_map = load_identity_code_map(entry.path, sha256=entry.sha256)
     assert (code_map.z_dim, code_map.embedding_dim) == (100, 128)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from committed import committed_entry
 from typer.testing import CliRunner
 
 from faceanonymixer.cli import app
@@ -20,7 +21,6 @@ from faceanonymixer.identity_stats import (
     save_identity_basis,
 )
 from faceanonymixer.profiles import get_profile
-from faceanonymixer.weights import committed_weights
 
 runner = CliRunner()
 
@@ -83,9 +83,7 @@ def test_basis_file_round_trips_and_refuses_other_files(tmp_path: Path) -> None:
 def test_the_committed_axes_span_most_of_the_variance_of_real_faces() -> None:
     profile = get_profile("embedded")
     assert profile.identity_basis is not None
-    entry = committed_weights().get(profile.identity_basis)
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's identity basis is not committed (weights/manifest.json)")
+    entry = committed_entry(profile.identity_basis, "the embedded profile's identity basis")
     assert "identity-stats" in entry.command
     basis = load_identity_basis(entry.path, sha256=entry.sha256)
     assert basis.dim == 128
