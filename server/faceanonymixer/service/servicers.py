@@ -65,6 +65,7 @@ class CallGuard:
         started = time.perf_counter()
         fields: dict[str, Any] = {"method": method}
         code = "OK"
+        status = None
         try:
             fields["tenant"] = self.authenticator.tenant(context.invocation_metadata())
             yield fields
@@ -78,11 +79,14 @@ class CallGuard:
             fields["reason"] = _reason(status)
             if fields["reason"] in (Reason.INTERNAL, Reason.KEY_STORE_UNAVAILABLE):
                 log.exception("unexpected error", extra={"fields": fields})
-            await abort(context, status)
         finally:
             seconds = time.perf_counter() - started
             self.metrics.observe(method, code, seconds)
             log.info("call", extra={"fields": {**fields, "code": code, "seconds": round(seconds, 4)}})
+        # aborted only once counted and logged: the caller may read the metrics as soon as it has
+        # the status, and abort sends the status before it raises
+        if status is not None:
+            await abort(context, status)
 
 
 class ProtectionServicer(protection_pb2_grpc.ProtectionServiceServicer):
