@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from committed import committed_entry
 
 from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.profiles import get_profile
 from faceanonymixer.protection_key import ProtectionKey
-from faceanonymixer.weights import committed_weights, weights_entry
+from faceanonymixer.weights import weights_entry
 
 PROFILE = "embedded"
 SHARED_KEY = ProtectionKey(bytes(range(100, 132)))
@@ -22,9 +23,7 @@ SHARED_KEY = ProtectionKey(bytes(range(100, 132)))
 def trained_weights() -> None:
     profile = get_profile(PROFILE)
     for name in (profile.generator, profile.encoder):
-        entry = committed_weights().get(name)
-        if entry is None or not entry.path.is_file():
-            pytest.skip(f"the {PROFILE} profile's {name} weights are not committed (weights/manifest.json)")
+        committed_entry(name, f"the {PROFILE} profile's {name}")
 
 
 def test_the_committed_generator_loads_only_with_its_sha256(trained_weights: None, tmp_path: Path) -> None:

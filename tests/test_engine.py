@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from committed import committed_entry
 
 from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.engine import ProtectionEngine, ProtectionResult, Subject
@@ -24,7 +25,6 @@ from faceanonymixer.identity_target import key_target_map, synthetic_code, targe
 from faceanonymixer.imageio import load_image
 from faceanonymixer.protection_key import ProtectionKey
 from faceanonymixer.protector import Protector
-from faceanonymixer.weights import committed_weights
 
 STEPS = 4
 INVERSION_STEPS = 2
@@ -44,9 +44,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def protector() -> Protector:
-    entry = committed_weights().get("embedded-encoder")
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's encoder weights are not committed yet (weights/manifest.json)")
+    committed_entry("embedded-encoder", "the embedded profile's encoder")
     # CPU: the determinism checks compare outputs bit for bit
     return Protector("embedded", device="cpu", steps=STEPS, inversion_steps=INVERSION_STEPS)
 

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from committed import committed_entry
 from script_loader import load_script
 
 from faceanonymixer.engine import PreparedFace, ProtectionEngine, ProtectionResult, Subject
 from faceanonymixer.profiles import OptimisationConfig
 from faceanonymixer.protection_key import ProtectionKey
-from faceanonymixer.weights import committed_weights
 
 KEY = ProtectionKey(bytes(range(32)), key_id="a")
 STEPS = 8
@@ -38,9 +38,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def engine() -> ProtectionEngine:
-    entry = committed_weights().get("embedded-encoder")
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's encoder weights are not committed yet (weights/manifest.json)")
+    committed_entry("embedded-encoder", "the embedded profile's encoder")
     return ProtectionEngine("embedded", device="cpu")
 
 

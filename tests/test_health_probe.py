@@ -32,7 +32,6 @@ from service_harness import ServerProcess
 from typer.testing import CliRunner
 
 from faceanonymixer.cli_health import EXIT_NOT_SERVING, EXIT_SERVING, EXIT_UNREACHABLE, health, probe
-from faceanonymixer.weights import committed_weights
 
 Status = health_pb2.HealthCheckResponse
 PROTECTION_SERVICE = "faceanonymixer.v1.ProtectionService"
@@ -290,13 +289,6 @@ def test_console_probe_of_nothing_exits_6() -> None:
 
 
 # ---- a real server ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def weights() -> None:
-    entry = committed_weights().get("embedded-encoder")
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's encoder weights are not committed (weights/manifest.json)")
 
 
 def test_real_server_is_serving_once_started_and_unreachable_after_sigterm(

@@ -21,7 +21,6 @@ from faceanonymixer.cli import app
 from faceanonymixer.engine import ProtectionEngine
 from faceanonymixer.imageio import load_image, write_png_atomic
 from faceanonymixer.profiles import EMBEDDED, PROFILES
-from faceanonymixer.weights import committed_weights
 
 runner = CliRunner()
 KEY = bytes(range(7, 39))
@@ -41,13 +40,6 @@ def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "key.bin"
     path.write_bytes(KEY)
     return path
-
-
-@pytest.fixture
-def weights() -> None:
-    entry = committed_weights().get("embedded-encoder")
-    if entry is None or not entry.path.is_file():
-        pytest.skip("the embedded profile's encoder weights are not committed yet (weights/manifest.json)")
 
 
 @pytest.fixture
