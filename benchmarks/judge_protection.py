@@ -44,6 +44,8 @@ Measures (per judge; each a share of pairs, with the number of pairs and the mea
     ``own_key_impostor_nonmatch``: pairs of protected photos of different identities, each under
     its own A, that do not match.
     ``shared_key_genuine_match`` / ``shared_key_impostor_nonmatch``: the same under the one key S.
+    ``any_key_genuine_match``: the genuine pairs under A, B and S together (three times the
+    pairs; each key is one draw, and on 10 people one key's rate moves with its luck).
     ``cross_key_nonmatch`` (unlinkability): (photo i under A, photo j under B) of one identity,
     any i and j including i == j, that do not match (also split into same photo / other photos).
     With ``--joint``: ``joint_same_key_genuine_match`` (pairs within one joint call),
@@ -160,6 +162,11 @@ def judge_measures(
         distances, skipped = pair_distances_between(embeddings[left], embeddings[right], *pairs)
         return rate_entry(distances, threshold, kind=kind, skipped=skipped)
 
+    def entry_over_keys(keys: Sequence[str], pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+        parts = [pair_distances_between(embeddings[key], embeddings[key], *pairs) for key in keys]
+        distances = np.concatenate([distances for distances, _ in parts])
+        return rate_entry(distances, threshold, kind="match", skipped=sum(skipped for _, skipped in parts))
+
     genuine = unordered_pairs(labels, same=True)
     impostor = unordered_pairs(labels, same=False)
     source = same_identity_pairs(labels, diagonal="only")
@@ -183,6 +190,7 @@ def judge_measures(
         "own_key_impostor_nonmatch": entry("A", "A", impostor, "nonmatch"),
         "shared_key_genuine_match": entry("S", "S", genuine, "match"),
         "shared_key_impostor_nonmatch": entry("S", "S", impostor, "nonmatch"),
+        "any_key_genuine_match": entry_over_keys(PROBE_SETTINGS, genuine),
         "cross_key_nonmatch": {
             "combined": entry("A", "B", every, "nonmatch"),
             "same_photo": entry("A", "B", source, "nonmatch"),
@@ -428,6 +436,7 @@ TABLE_ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("own key impostor non-match", ("own_key_impostor_nonmatch",)),
     ("shared key genuine match", ("shared_key_genuine_match",)),
     ("shared key impostor non-match", ("shared_key_impostor_nonmatch",)),
+    ("genuine match, keys A+B+S", ("any_key_genuine_match",)),
     ("cross key non-match", ("cross_key_nonmatch", "combined")),
     ("cross key non-match: same photo", ("cross_key_nonmatch", "same_photo")),
     ("joint same key genuine match", ("joint_same_key_genuine_match",)),

@@ -46,6 +46,7 @@ from faceanonymixer.outputs import write_atomic
 RUN_ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("anonymity", ("anonymity", "combined")),
     ("same-key genuine", ("same_key_genuine_match",)),
+    ("genuine A+B+S", ("any_key_genuine_match",)),
     ("own-key impostor", ("own_key_impostor_nonmatch",)),
     ("shared-key impostor", ("shared_key_impostor_nonmatch",)),
     ("cross-key", ("cross_key_nonmatch", "combined")),

@@ -62,6 +62,21 @@ def test_rates_add_up_pairs_over_runs_at_one_threshold(
     assert names == ["one", str(again)]
 
 
+def test_the_genuine_match_over_keys_counts_the_pairs_of_every_key(
+    judge: ModuleType, pool: ModuleType, tmp_path: Path
+) -> None:
+    # A and B keep each person's two photos together; S splits person a's
+    split = np.array([[50.0, 0.0], [55.0, 0.0], [60.0, 0.0], [60.1, 0.0]])
+    runs = pool.load_runs([write_run(judge, tmp_path / "one.npz", split)])
+    pooled, by_run = pool.pool_runs(runs, {"facenet": 1.0}, 0.01)
+    measures = pooled["facenet"]["measures"]
+    assert measures["same_key_genuine_match"]["rate"] == 1.0
+    assert measures["shared_key_genuine_match"]["rate"] == 0.5
+    over_keys = measures["any_key_genuine_match"]
+    assert over_keys["pairs"] == 6 and over_keys["rate"] == pytest.approx(5 / 6)
+    assert "genuine A+B+S" in pool.format_runs(by_run)
+
+
 def test_the_fmr_threshold_counts_each_photo_once(
     judge: ModuleType, pool: ModuleType, tmp_path: Path
 ) -> None:
