@@ -310,13 +310,12 @@ class ProtectionEngine:
         identity_code = None
         if self.identity_code_map is not None and config.synthetic_identity_weight > 0:
             start_axes = self._identity_axes(config.start_axes, "start_axes")
-            if start_axes is None:
-                identity_code = self.identity_code_map.code(target - centre)
-            else:
+            subject = target - centre
+            if start_axes is not None:
                 # the target of the subject's coarse identity: steadier across its photos
                 axes = start_axes.to(self.device)
-                coarse = (mean - centre) @ axes @ axes.T
-                identity_code = self.identity_code_map.code(coarse @ mapping.T)
+                subject = (mean - centre) @ axes @ axes.T @ mapping.T
+            identity_code = self.identity_code_map.code(subject)
         z = synthetic_code(
             key,
             self.profile.profile_id,
