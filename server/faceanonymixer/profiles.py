@@ -159,7 +159,9 @@ EMBEDDED = replace(
 #: their profile, and a key enrolled under one setting would silently stop matching under the other
 #: (PROFILE_MISMATCH instead). Against ``embedded``, pooled over five runs: shared-key impostor
 #: non-match FaceNet 0.969 / 0.918, dlib 0.984 / 0.970; same-key genuine match FaceNet 0.795 /
-#: 0.779, dlib 0.900 / 0.904 (README, "One key per person or one per application").
+#: 0.779, dlib 0.900 / 0.904 (README, "One key per person or one per application"); measured again
+#: on another host FaceNet's is 0.776 (0.771 over three keys), short of 0.80 (README, "Measured
+#: again, on another host and over three keys").
 EMBEDDED_SHARED_KEY = replace(
     EMBEDDED,
     profile_id="embedded-shared-key",
