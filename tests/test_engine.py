@@ -122,12 +122,13 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
         original = engine.recognizer(chip)
         if config.original_views == 2:
             original = (original + engine.recognizer(chip.flip(-1))) / 2
-        subspace = None
-        if config.target_subspace:
-            assert engine.identity_basis is not None
-            subspace = engine.identity_basis.top(config.target_subspace)
+        basis = engine.identity_basis
+        subspace, source = (
+            basis.top(count) if count and basis is not None else None
+            for count in (config.target_subspace, config.source_axes)
+        )
         mapping = config.target_gain * key_target_map(
-            key, "embedded", original.shape[1], config.target_rank, subspace
+            key, "embedded", original.shape[1], config.target_rank, subspace, source
         )
         target = target_identity(original, centre, mapping)
         start = target - centre
@@ -214,8 +215,25 @@ def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: Protectio
     assert (offset - axes @ (axes.T @ offset)).norm() > 0.3 * offset.norm()
 
 
+def test_targets_from_source_axes_ignore_the_identity_off_them(engine: ProtectionEngine) -> None:
+    assert engine.identity_basis is not None
+    config = dataclasses.replace(engine.config, source_axes=32, target_rank=32)
+    draws = torch.randn(2, 128, generator=torch.Generator().manual_seed(6))
+    mean = engine.identity_centre[None] + 0.1 * draws[:1]
+    axes = engine.identity_basis.top(32)
+    off_axes = 0.1 * (draws[1:] - (draws[1:] @ axes) @ axes.T)
+    _, target = engine.key_start_and_target(KEY_A, mean, config)
+    _, moved = engine.key_start_and_target(KEY_A, mean + off_axes, config)
+    torch.testing.assert_close(moved, target, atol=1e-5, rtol=0)
+    _, along = engine.key_start_and_target(KEY_A, mean + 0.1 * draws[1:] @ axes @ axes.T, config)
+    assert (along - target).norm() > 0.01
+    with pytest.raises(ValueError, match="source_axes"):
+        dataclasses.replace(engine.config, source_axes=16, target_rank=32)
+
+
 @pytest.mark.parametrize(
-    "overrides", [{"target_subspace": 64}, {"start_axes": 16, "synthetic_identity_weight": 1.0}]
+    "overrides",
+    [{"target_subspace": 64}, {"source_axes": 64}, {"start_axes": 16, "synthetic_identity_weight": 1.0}],
 )
 def test_axes_without_an_identity_basis_are_refused(
     engine: ProtectionEngine, overrides: dict[str, object]

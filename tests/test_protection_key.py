@@ -257,10 +257,32 @@ def test_target_map_in_a_subspace_differs_between_keys() -> None:
     assert (first - second).norm() > 0.5 * first.norm()
 
 
+def test_target_map_with_a_source_subspace_reads_the_identity_along_it_only() -> None:
+    source = _subspace(128, 48)
+    mapping = key_target_map(ProtectionKey(KEY_A), "embedded", 128, 32, source_subspace=source).double()
+    # what lies off the source axes does not reach the target
+    off_axes = torch.eye(128, dtype=torch.float64) - source.double() @ source.double().T
+    assert (mapping @ off_axes).norm() < 1e-5 * mapping.norm()
+    singular = torch.linalg.svdvals(mapping)
+    torch.testing.assert_close(
+        singular[:32], torch.full((32,), 2.0, dtype=torch.float64), atol=1e-5, rtol=1e-5
+    )
+    assert bool((singular[32:] < 1e-4).all())
+    # the target side is the key's own draw either way
+    whole = key_target_map(ProtectionKey(KEY_A), "embedded", 128, 32).double()
+    reached = torch.linalg.svd(mapping).U[:, :32]
+    reached_whole = torch.linalg.svd(whole).U[:, :32]
+    torch.testing.assert_close(reached @ reached.T, reached_whole @ reached_whole.T, atol=1e-5, rtol=0)
+    other_key = key_target_map(ProtectionKey(KEY_B), "embedded", 128, 32, source_subspace=source).double()
+    assert (other_key - mapping).norm() > 0.5 * mapping.norm()
+
+
+@pytest.mark.parametrize("side", ["target", "source"])
 @pytest.mark.parametrize("shape", [(128, 32), (64, 80), (128,)])
-def test_target_map_refuses_a_subspace_of_the_wrong_shape(shape: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match="target subspace"):
-        key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64, torch.zeros(shape))
+def test_target_map_refuses_a_subspace_of_the_wrong_shape(side: str, shape: tuple[int, ...]) -> None:
+    axes = {"subspace" if side == "target" else "source_subspace": torch.zeros(shape)}
+    with pytest.raises(ValueError, match=f"{side} subspace"):
+        key_target_map(ProtectionKey(KEY_A), "embedded", 128, 64, **axes)
 
 
 def test_target_identity_maps_around_the_centre() -> None:

@@ -302,9 +302,13 @@ class ProtectionEngine:
         whose original embedding (the mean over its photos) is ``mean`` (1, dim)."""
         config = config or self.config
         centre = self.identity_centre
-        subspace = self._identity_axes(config.target_subspace, "target_subspace")
         mapping = config.target_gain * key_target_map(
-            key, self.profile.profile_id, mean.shape[1], config.target_rank, subspace
+            key,
+            self.profile.profile_id,
+            mean.shape[1],
+            config.target_rank,
+            self._identity_axes(config.target_subspace, "target_subspace"),
+            self._identity_axes(config.source_axes, "source_axes"),
         ).to(self.device)
         target = target_identity(mean, centre, mapping)
         identity_code = None

@@ -7,7 +7,8 @@
   vary along few of dlib's 128 directions (the top 64 axes hold 97% of the variance of lfw_train,
   the last ones almost none): a target drawn in random directions of the whole space lies partly
   where no face can be, and the optimisation cannot reach it. Profiles with a ``target_subspace``
-  draw their targets inside the top axes (``identity_target.key_target_map``).
+  draw their targets inside the top axes, and with ``source_axes`` read the photo's identity there
+  (``identity_target.key_target_map``).
 """
 
 from __future__ import annotations

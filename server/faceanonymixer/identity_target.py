@@ -9,6 +9,9 @@ With the profile's ``target_subspace`` k, ``B`` is drawn inside the k principal 
 identities (``identity_stats.py``): a ``B`` drawn in the whole space puts about half of every
 target along directions in which real faces hardly differ (the weakest 64 of dlib's 128 axes hold
 3% of their variance), where no generated face reaches either.
+With the profile's ``source_axes`` k', ``P`` is drawn inside the top k' of those axes: the target
+reads the photo's identity only where real people differ most, so that what varies between one
+person's photos along the weaker axes no longer moves its target.
 
 * Stable: ``t`` is a smooth function of the real identity, so photos of one person (close ``e``)
   get close targets in separate calls, and different people keep their distance even when the
@@ -35,30 +38,41 @@ LATENT_IDENTITY_PURPOSE = "synthetic-latent-identity"
 
 
 def key_target_map(
-    key: ProtectionKey, profile_id: str, dim: int, rank: int, subspace: torch.Tensor | None = None
+    key: ProtectionKey,
+    profile_id: str,
+    dim: int,
+    rank: int,
+    subspace: torch.Tensor | None = None,
+    source_subspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The (dim, dim) linear map ``s * B P^T`` of rank ``rank`` for this key (float32).
 
     ``subspace`` (dim, k) orthonormal columns, k >= rank: ``B`` is drawn inside it (the principal
     axes of real identities, ``identity_stats.IdentityBasis.top``), so that targets lie where
     real faces vary and a generator can reach them; None: anywhere in the embedding space.
+    ``source_subspace``, the same for ``P``: the map reads the identity along those axes only.
     """
     if not 1 <= rank <= dim:
         raise ValueError(f"rank must be between 1 and {dim}, not {rank}")
-    if subspace is not None and (subspace.ndim != 2 or subspace.shape[0] != dim or subspace.shape[1] < rank):
-        raise ValueError(
-            f"the target subspace must be ({dim}, k) with k >= rank {rank}, not {tuple(subspace.shape)}"
-        )
+    for name, axes in (("target", subspace), ("source", source_subspace)):
+        if axes is not None and (axes.ndim != 2 or axes.shape[0] != dim or axes.shape[1] < rank):
+            raise ValueError(
+                f"the {name} subspace must be ({dim}, k) with k >= rank {rank}, not {tuple(axes.shape)}"
+            )
     generator = key_generator(key, profile_id, TARGET_PURPOSE)
     draws = torch.randn(2, dim, rank, generator=generator, dtype=torch.float64)
-    source = torch.linalg.qr(draws[0]).Q
-    if subspace is None:
-        target = torch.linalg.qr(draws[1]).Q
-    else:
-        # the same draw, its first k rows as coordinates along the subspace's axes
-        axes = subspace.to(torch.float64)
-        target = axes @ torch.linalg.qr(draws[1][: axes.shape[1]]).Q
+    source = _orthonormal_inside(draws[0], source_subspace)
+    target = _orthonormal_inside(draws[1], subspace)
     return (math.sqrt(dim / rank) * target @ source.T).float()
+
+
+def _orthonormal_inside(draw: torch.Tensor, subspace: torch.Tensor | None) -> torch.Tensor:
+    """Orthonormal columns from a (dim, rank) Gaussian draw: in the whole space, or inside
+    ``subspace`` (dim, k) with the draw's first k rows as coordinates along its axes."""
+    if subspace is None:
+        return torch.linalg.qr(draw).Q
+    axes = subspace.to(torch.float64)
+    return axes @ torch.linalg.qr(draw[: axes.shape[1]]).Q
 
 
 def target_identity(embeddings: torch.Tensor, centre: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,9 @@ class OptimisationConfig:
     #: targets drawn inside this many principal axes of real identities (the profile's
     #: ``identity_basis``), where faces vary; 0: anywhere in the embedding space
     target_subspace: int = 0
+    #: the key's map reads the photo's identity inside this many principal axes of real
+    #: identities, where people differ more than one person's photos do; 0: all of it
+    source_axes: int = 0
     #: the key's face from the subject's identity inside this many principal axes of real
     #: identities (where a fitted code map gives the subject's part of it): the coarse part, which
     #: varies less between one person's photos than the whole; 0: the whole identity
@@ -69,6 +72,8 @@ class OptimisationConfig:
             raise ValueError("start_axes must be 0 (the whole identity) or a number of axes")
         if self.target_subspace and self.target_subspace < self.target_rank:
             raise ValueError("target_subspace must be 0 (the whole space) or at least target_rank")
+        if self.source_axes and self.source_axes < self.target_rank:
+            raise ValueError("source_axes must be 0 (the whole identity) or at least target_rank")
         if self.early_stop_tolerance < 0 or self.early_stop_patience < 1:
             raise ValueError("early_stop_tolerance must not be negative, early_stop_patience at least 1")
 
@@ -152,16 +157,16 @@ EMBEDDED = replace(
 #: For deployments that give a whole application one key: ``embedded`` with the key's face drawn
 #: from each person's target identity (synthetic_identity_weight 1), so that people sharing the key
 #: start from different faces; targets drawn inside the 64 principal axes of real identities
-#: (target_subspace 64, where real faces vary and the generator reaches them, so target_gain 2.1
-#: instead of 3.0); each photo's identity read from it and its mirror image (original_views 2); and
-#: the key's face from the coarse part of that identity, its top 16 axes (start_axes 16): both keep
-#: one person's photos closer together. A profile of its own, not a server override: keys record
-#: their profile, and a key enrolled under one setting would silently stop matching under the other
-#: (PROFILE_MISMATCH instead). Against ``embedded``, pooled over five runs: shared-key impostor
-#: non-match FaceNet 0.969 / 0.918, dlib 0.984 / 0.970; same-key genuine match FaceNet 0.795 /
-#: 0.779, dlib 0.900 / 0.904 (README, "One key per person or one per application"); measured again
-#: on another host FaceNet's is 0.776 (0.771 over three keys), short of 0.80 (README, "Measured
-#: again, on another host and over three keys").
+#: (target_subspace 64, where real faces vary and the generator reaches them); the target read
+#: from the photo's identity inside its top 48 axes (source_axes 48, target_rank 48), where people
+#: differ more than one person's photos do, at target_gain 1.6; each photo's identity read from it
+#: and its mirror image (original_views 2); and the key's face from the coarse part of that
+#: identity, its top 16 axes (start_axes 16). A profile of its own, not a server override: keys
+#: record their profile, and a key enrolled under one setting would silently stop matching under
+#: the other (PROFILE_MISMATCH instead). Pooled over five runs (2026-12-06, README, "The target
+#: read where people differ"): shared-key impostor non-match dlib 0.986, FaceNet 0.967; same-key
+#: genuine match dlib 0.909, FaceNet 0.814 (0.798 over three keys) against 0.776 (0.771) with the
+#: photo's whole identity read at gain 2.1 on the same host.
 EMBEDDED_SHARED_KEY = replace(
     EMBEDDED,
     profile_id="embedded-shared-key",
@@ -169,7 +174,9 @@ EMBEDDED_SHARED_KEY = replace(
         EMBEDDED.optimisation,
         synthetic_identity_weight=1.0,
         target_subspace=64,
-        target_gain=2.1,
+        target_gain=1.6,
+        target_rank=48,
+        source_axes=48,
         original_views=2,
         start_axes=16,
     ),
