@@ -122,19 +122,25 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
         original = engine.recognizer(chip)
         if config.original_views == 2:
             original = (original + engine.recognizer(chip.flip(-1))) / 2
-        basis = engine.identity_basis
-        subspace, source = (
-            basis.top(count) if count and basis is not None else None
-            for count in (config.target_subspace, config.source_axes)
-        )
+
+        def top_axes(count: int) -> torch.Tensor | None:
+            if not count:
+                return None
+            assert engine.identity_basis is not None
+            return engine.identity_basis.top(count)
+
         mapping = config.target_gain * key_target_map(
-            key, "embedded", original.shape[1], config.target_rank, subspace, source
+            key,
+            "embedded",
+            original.shape[1],
+            config.target_rank,
+            top_axes(config.target_subspace),
+            top_axes(config.source_axes),
         )
         target = target_identity(original, centre, mapping)
         start = target - centre
-        if config.start_axes:
-            assert engine.identity_basis is not None
-            axes = engine.identity_basis.top(config.start_axes)
+        axes = top_axes(config.start_axes)
+        if axes is not None:
             start = (original - centre) @ axes @ axes.T @ mapping.T
         z = synthetic_code(
             key,
