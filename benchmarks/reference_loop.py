@@ -60,6 +60,8 @@ class _Inputs:
         self.mask = F.grid_sample(mask[None, None], self.grid, align_corners=False)
         with torch.no_grad():
             self.original = recognizer(self.chip)
+            if config.original_views == 2:  # the photo and its mirror image, as the profile says
+                self.original = (self.original + recognizer(self.chip.flip(-1))) / 2
             self.synthetic, self.target = engine.key_start_and_target(key, self.original, config)
         self.pooled_real = F.adaptive_avg_pool2d(self.crop, ATTRIBUTE_POOL)
 

@@ -177,12 +177,12 @@ def test_a_local_key_bound_to_another_profile_exits_4(
     monkeypatch.setenv("FACEANONYMIXER_KEK", base64.b64encode(kek).decode())
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     with KeyStore.open(url, KeyEncryptionKey(kek)) as store:
-        record = store.create_key("default", "alice", profile_id="embedded-shared-key", actor="test")
+        record = store.create_key("default", "alice", profile_id="embedded-digiface", actor="test")
     out = tmp_path / "out"
     arguments = ("--key-id", record.key_id, "--keystore", url, "--out", out)
     # its enrolled faces were protected with other settings: they would silently stop matching
     line = assert_one_line_error(protect(photos[0], *arguments, "--profile", "embedded"), 4)
-    assert "embedded-shared-key" in line
+    assert "embedded-digiface" in line
     assert not out.exists()
 
 

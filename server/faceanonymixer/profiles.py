@@ -127,51 +127,37 @@ EMBEDDED_DIGIFACE = Profile(
 )
 
 #: The default: the same DCGAN fine-tuned adversarially on real faces (``lfw_train``) together with
-#: its encoder (``models train-generator``). Same latent layout; target_gain re-tuned for it, 3.0
-#: against 2.25: on 30 lfw people x 3 photos (10 tuned on, 20 held out), one key shared by everyone,
-#: dlib's impostor non-match 0.975 against 0.957 and FaceNet's own-key impostor non-match (tuning /
-#: held out) 0.951 / 0.975 against 0.842 / 0.964, for dlib same-key genuine match 0.889 against
-#: 0.920 (README, "The embedded generator"). A random key-seeded map of the subject's identity
-#: into the key's face (synthetic_identity_weight 0.5, no fitted map) separated people under one
-#: shared key a little more (FaceNet 0.930 against 0.902 held out) but lost genuine matches
-#: (dlib 0.767).
-#: The generator ("lfw-dcgan", ``generators.py``) starts the optimised feature map 0.7 from the
-#: key's face in its four centre cells and 0.2 in the border cells, not 50/50 everywhere: people
-#: sharing one key no longer share its outline (README, "The key's face in the centre").
-#: With ``synthetic_identity_weight`` above 0 the subject's part of the key's face is the code of
-#: its target identity under the fitted map "lfw-dcgan-identity-code". Weight 1, pooled over five
-#: runs: FaceNet's shared-key impostor non-match 0.962 against 0.918, but same-key genuine match
-#: dlib 0.871 and FaceNet 0.733 against 0.904 / 0.779, so the default stays 0 (README, "The key's
-#: face from the target identity"). At 0 the map is not used: protected faces are unchanged.
-#: ``embedded-shared-key`` (below) is this profile at weight 1, with targets in real faces' axes,
-#: a steadier original and the key's face from the coarse identity.
+#: its encoder (``models train-generator``), for a key per person and for one key shared by a
+#: whole application alike. Same latent layout as the DigiFace DCGAN. The generator ("lfw-dcgan",
+#: ``generators.py``) starts the optimised feature map 0.7 from the key's face in its four centre
+#: cells and 0.2 in the border cells, so people sharing one key do not share its outline (README,
+#: "The key's face in the centre"). On top of that, so that people sharing one key stay apart
+#: while one person's photos stay together:
+#:
+#: * the key's face is drawn from each person's target identity (synthetic_identity_weight 1,
+#:   through the fitted map "lfw-dcgan-identity-code"), from the coarse part of that identity,
+#:   its top 16 principal axes (start_axes 16), which varies less between one person's photos;
+#: * targets are drawn inside the 64 principal axes of real identities (target_subspace 64), where
+#:   real faces vary and the generator reaches them;
+#: * the key's map reads the photo's identity inside its top 48 axes (source_axes 48,
+#:   target_rank 48), where people differ more than one person's photos do, at target_gain 1.6;
+#: * each photo's identity is read from it and its mirror image (original_views 2).
+#:
+#: These were the ``embedded-shared-key`` profile's settings until 2026-12-06; they beat the
+#: per-person settings ``embedded`` had (key's face from the key alone, targets anywhere at gain
+#: 3.0) on every measure, so they became the default and the second profile went. Pooled over five
+#: runs (README, "One default for both kinds of key"). The earlier settings are
+#: ``--override synthetic_identity_weight=0 --override target_subspace=0 --override
+#: target_rank=64 --override source_axes=0 --override target_gain=3.0 --override
+#: original_views=1 --override start_axes=0``.
 EMBEDDED = replace(
     EMBEDDED_DIGIFACE,
     profile_id="embedded",
     generator="lfw-dcgan",
     encoder="lfw-dcgan-encoder",
     identity_code_map="lfw-dcgan-identity-code",
-    optimisation=replace(EMBEDDED_DIGIFACE.optimisation, target_gain=3.0),
-)
-
-#: For deployments that give a whole application one key: ``embedded`` with the key's face drawn
-#: from each person's target identity (synthetic_identity_weight 1), so that people sharing the key
-#: start from different faces; targets drawn inside the 64 principal axes of real identities
-#: (target_subspace 64, where real faces vary and the generator reaches them); the target read
-#: from the photo's identity inside its top 48 axes (source_axes 48, target_rank 48), where people
-#: differ more than one person's photos do, at target_gain 1.6; each photo's identity read from it
-#: and its mirror image (original_views 2); and the key's face from the coarse part of that
-#: identity, its top 16 axes (start_axes 16). A profile of its own, not a server override: keys
-#: record their profile, and a key enrolled under one setting would silently stop matching under
-#: the other (PROFILE_MISMATCH instead). Pooled over five runs (2026-12-06, README, "The target
-#: read where people differ"): shared-key impostor non-match dlib 0.986, FaceNet 0.967; same-key
-#: genuine match dlib 0.909, FaceNet 0.814 (0.798 over three keys) against 0.776 (0.771) with the
-#: photo's whole identity read at gain 2.1 on the same host.
-EMBEDDED_SHARED_KEY = replace(
-    EMBEDDED,
-    profile_id="embedded-shared-key",
     optimisation=replace(
-        EMBEDDED.optimisation,
+        EMBEDDED_DIGIFACE.optimisation,
         synthetic_identity_weight=1.0,
         target_subspace=64,
         target_gain=1.6,
@@ -200,7 +186,7 @@ FFHQ = Profile(
 )
 
 PROFILES: dict[str, Profile] = {
-    profile.profile_id: profile for profile in (EMBEDDED, EMBEDDED_SHARED_KEY, EMBEDDED_DIGIFACE, FFHQ)
+    profile.profile_id: profile for profile in (EMBEDDED, EMBEDDED_DIGIFACE, FFHQ)
 }
 
 
