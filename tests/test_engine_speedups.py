@@ -114,9 +114,8 @@ def test_engine_agrees_with_the_reference_loop(
     # steps drift only where Adam's normalised step flips sign on a near-zero gradient.
     def both(steps: int, inversion_steps: int) -> tuple[ProtectionResult, Any]:
         # the key-only start, embedded's settings before 2026-12-06 (the DigiFace profile's loop at
-        # gain 3.0: every identity-axis setting at its default). Under the identity-drawn start of
-        # the profile now, one step agrees as closely but 50 steps drift further (0.9 quantile
-        # 9.6e-3, max 0.49, 2026-12-06), not yet understood
+        # gain 3.0: every identity-axis setting at its default), where fixed bounds hold; the
+        # profile's own settings are compared against the engine's own rounding in the next test
         config = EMBEDDED_DIGIFACE.optimisation.with_overrides(
             steps=steps, inversion_steps=inversion_steps, target_gain=3.0
         )
@@ -142,3 +141,29 @@ def test_engine_agrees_with_the_reference_loop(
     for model in (engine.generator, engine.recognizer):
         kernels = [p for p in model.parameters() if p.dim() == 4]
         assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+
+
+def test_engine_and_reference_differ_no_more_than_the_engine_from_itself(
+    engine: ProtectionEngine, face: PreparedFace, reference: ModuleType
+) -> None:
+    # At the profile's settings a few steps already move some latent values by up to 10 x the
+    # learning rate between the two loops (2026-12-06: 0.9 quantile 9.6e-3, max 0.49 after 8 steps).
+    # The engine run in NCHW instead of NHWC, the same code with other float rounding, moves them
+    # as far (9.6e-3, 0.49): Adam's sign-normalised step on near-zero gradients, not a difference
+    # between the loops. So the reference must sit no further from the engine than that.
+    config = engine.profile.optimisation.with_overrides(steps=STEPS, inversion_steps=0)
+
+    def latent() -> np.ndarray:
+        result = engine.protect([Subject([face], KEY)], optimisation=config, keep_latents=True)[0][0]
+        assert result.latents is not None
+        return result.latents["protected"]
+
+    mine = latent()
+    with reference.plain_memory_format(engine):  # NCHW, as the reference runs; NHWC again after
+        rounded_otherwise = latent()
+    theirs = reference.reference_protect(engine, face, KEY, config).latent[0].numpy()
+
+    own = np.quantile(np.abs(mine - rounded_otherwise), 0.9)
+    # catches a gross difference (one view instead of two: 0.053 here), not a fine one (target_gain
+    # 1.5 for 1.6: 0.012; no attribute term: 0.0096): those stay with the key-only test above
+    assert np.quantile(np.abs(mine - theirs), 0.9) < 2 * own + 2e-3, own
