@@ -272,9 +272,10 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()),
     }
+    in_turn = f" ({config.views_per_step} a step)" if config.views_per_step else ""
     print(
         f"profile {profile.profile_id}: {config.steps} steps, {config.inversion_steps} inversion steps, "
-        f"{config.views} views, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}"
+        f"{config.views} views{in_turn}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}"
     )
     chosen = pick_faces(engine, folder, args.people, args.per_person)
     comparison = compare(engine, chosen, args.repeats, DlibJudge())

@@ -29,6 +29,7 @@ from faceanonymixer.engine import (
     _resize,
     _view_transforms,
     set_memory_format,
+    views_at_step,
 )
 from faceanonymixer.generators import LatentRole
 from faceanonymixer.imageio import RGBImage
@@ -101,8 +102,9 @@ def reference_step(
     real: torch.Tensor,
     variable: torch.Tensor,
     config: OptimisationConfig,
+    step: int,
 ) -> torch.Tensor:
-    """The loss of one optimisation step, every input rebuilt first; returns the scalar loss."""
+    """The loss of optimisation step ``step``, every input rebuilt first; returns the scalar loss."""
     inputs = _Inputs(engine, face, key, config)
     layout = engine.generator.layout
     latent = real.clone()
@@ -112,7 +114,8 @@ def reference_step(
         latent[:, row] = variable[:, column]
     generated = engine.generator.synthesize(latent)
     chips = inputs.composite(generated)
-    embeddings = [engine.recognizer(view(chips)) for view in _view_transforms(config.views, chips.device)]
+    views = views_at_step(_view_transforms(config.views, chips.device), step, config.views_per_step)
+    embeddings = [engine.recognizer(view(chips)) for view in views]
     centre = engine.identity_centre
     anonymity = F.relu(
         F.cosine_similarity(embeddings[0] - centre, inputs.original - centre, dim=1) - config.margin
@@ -158,8 +161,8 @@ def _reference_protect(
     optimiser = torch.optim.Adam([variable], lr=config.learning_rate)
     milestones = sorted({max(1, round(m * config.steps)) for m in config.milestones})
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=milestones, gamma=config.gamma)
-    for _ in range(config.steps):
-        loss = reference_step(engine, face, key, real, variable, config)
+    for step in range(config.steps):
+        loss = reference_step(engine, face, key, real, variable, config, step)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -18,7 +18,7 @@ import torch
 from committed import committed_entry
 
 from faceanonymixer.embedding import chips_to_tensor
-from faceanonymixer.engine import ProtectionEngine, ProtectionResult, Subject
+from faceanonymixer.engine import ProtectionEngine, ProtectionResult, Subject, views_at_step
 from faceanonymixer.errors import InvalidKeyError, NoFaceError, ProtectionCancelledError
 from faceanonymixer.generators import CENTRE_CELLS, DigiFaceGenerator, LatentRole
 from faceanonymixer.identity_target import key_target_map, synthetic_code, target_identity
@@ -344,6 +344,43 @@ def test_optimisation_gets_closer_to_the_target_than_its_starting_point(
     threshold = engine.recognizer.match_threshold
     assert threshold is not None
     assert result_a.original_distance > threshold
+
+
+def test_views_taken_in_turn_show_the_loss_one_view_a_step(
+    engine: ProtectionEngine, photo_path: Path
+) -> None:
+    """views_per_step 1 of 2 views: the first step sees the plain view only (as a one-view loop
+    does, bit for bit), the second the mirrored one (so the two loops part), and the loop differs
+    from one that sees both views at every step."""
+
+    def protected(steps: int, **overrides: object) -> np.ndarray:
+        start = variant(engine, steps=steps, inversion_steps=0, **overrides)
+        result = protect_one(start, photo_path, KEY_A, keep_latents=True)
+        assert result.latents is not None
+        return result.latents["protected"]
+
+    np.testing.assert_array_equal(protected(1, views=2, views_per_step=1), protected(1, views=1))
+    in_turn = protected(2, views=2, views_per_step=1)
+    assert not np.allclose(in_turn, protected(2, views=1), atol=1e-4)
+    assert not np.allclose(in_turn, protected(2, views=2, views_per_step=0), atol=1e-4)
+    with pytest.raises(ValueError, match="views_per_step"):
+        dataclasses.replace(engine.config, views=2, views_per_step=3)
+
+
+def test_views_at_step_cycle_through_every_view() -> None:
+    views = ["plain", "mirror", "turned"]
+    assert [views_at_step(views, step, 1) for step in range(4)] == [
+        ["plain"],
+        ["mirror"],
+        ["turned"],
+        ["plain"],
+    ]
+    assert [views_at_step(views, step, 2) for step in range(3)] == [
+        ["plain", "mirror"],
+        ["turned", "plain"],
+        ["mirror", "turned"],
+    ]
+    assert views_at_step(views, 5, 0) == views_at_step(views, 5, 3) == views
 
 
 # ---- determinism per key ---------------------------------------------------------------------

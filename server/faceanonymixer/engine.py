@@ -412,17 +412,18 @@ class ProtectionEngine:
         steps: list[torch.Tensor] = []
         window = config.early_stop_patience + 1
         recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # (anonymity, identity) of the last steps
-        for _ in range(config.steps):
+        for step in range(config.steps):
             _stop_if(check)
             latent = base.index_copy(1, rows, variable)
+            seen = views_at_step(views, step, config.views_per_step)
             with self._autocast():
                 generated = self.generator.synthesize(latent).float()
                 chips = composite(generated)
-                # all views in one batch: a batch of one falls to torch's slow CPU convolution
+                # a step's views in one batch: a batch of one falls to torch's slow CPU convolution
                 # path (no oneDNN): one call per view made the loop about 1.3x slower on a 2-core CPU
-                stacked = self.recognizer(torch.cat([view(chips) for view in views])).float()
-                embeddings = list(stacked.chunk(len(views)))
-            plain = embeddings[0]
+                stacked = self.recognizer(torch.cat([view(chips) for view in seen])).float()
+                embeddings = list(stacked.chunk(len(seen)))
+            plain = embeddings[0]  # the plain view, or with views in turn this step's first view
             anonymity = F.relu(
                 F.cosine_similarity(plain - self.identity_centre, centred_original, dim=1) - config.margin
             )
@@ -618,6 +619,14 @@ def _chip_to_crop_grid(chip: AlignedFace, crop: AlignedFace, crop_size: int) -> 
 
 
 ViewTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def views_at_step(views: Sequence[ViewTransform], step: int, per_step: int) -> list[ViewTransform]:
+    """The views the loss sees at ``step``: all of them (``per_step`` 0), or ``per_step`` of them
+    taken in turn, so that consecutive steps cycle through every view."""
+    if not per_step or per_step >= len(views):
+        return list(views)
+    return [views[(step * per_step + offset) % len(views)] for offset in range(per_step)]
 
 
 def _view_transforms(count: int, device: torch.device) -> list[ViewTransform]:

@@ -22,6 +22,10 @@ class OptimisationConfig:
     margin: float = 0.0
     #: views of each protected face in the identity loss: plain, mirrored, then random affine/colour
     views: int = 2
+    #: views the recognizer sees at each step, taken in turn (step s starts at view s * k mod
+    #: ``views``); 0: all of them every step. One view a step costs one recognizer pass instead
+    #: of ``views``, and over the steps the loss still sees every view
+    views_per_step: int = 0
     #: views of each photo averaged into its original embedding: 1 the photo as is, 2 with its
     #: mirror image too, a steadier estimate of who it is, so one person's photos get closer targets
     original_views: int = 1
@@ -58,6 +62,8 @@ class OptimisationConfig:
             raise ValueError("steps must not be negative")
         if self.views < 1:
             raise ValueError("at least one view is needed")
+        if not 0 <= self.views_per_step <= self.views:
+            raise ValueError("views_per_step must be 0 (every view) or between 1 and views")
         if self.original_views not in (1, 2):
             raise ValueError("original_views is 1 (the photo) or 2 (the photo and its mirror image)")
         if not all(0.0 < m <= 1.0 for m in self.milestones):
@@ -141,7 +147,10 @@ EMBEDDED_DIGIFACE = Profile(
 #:   real faces vary and the generator reaches them;
 #: * the key's map reads the photo's identity inside its top 48 axes (source_axes 48,
 #:   target_rank 48), where people differ more than one person's photos do, at target_gain 1.6;
-#: * each photo's identity is read from it and its mirror image (original_views 2).
+#: * each photo's identity is read from it and its mirror image (original_views 2);
+#: * the loss sees the protected face's plain and mirrored views in turn, one a step
+#:   (views_per_step 1): a step costs one recognizer pass instead of two, about a third less
+#:   time, with the same rates within noise (README, "The views in turn").
 #:
 #: These were the ``embedded-shared-key`` profile's settings until 2026-12-06; they beat the
 #: per-person settings ``embedded`` had (key's face from the key alone, targets anywhere at gain
@@ -165,6 +174,7 @@ EMBEDDED = replace(
         source_axes=48,
         original_views=2,
         start_axes=16,
+        views_per_step=1,
     ),
 )
 
