@@ -4,7 +4,6 @@ one-line errors with the table's exit codes; ``write_png_atomic`` leaves nothing
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import faceanonymixer.protector as protector_module
 from faceanonymixer.cli import app
 from faceanonymixer.engine import ProtectionEngine
 from faceanonymixer.imageio import load_image, write_png_atomic
-from faceanonymixer.profiles import EMBEDDED, PROFILES
+from faceanonymixer.profiles import EMBEDDED
 
 runner = CliRunner()
 KEY = bytes(range(7, 39))
@@ -44,12 +43,7 @@ def key_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def engines(monkeypatch: pytest.MonkeyPatch, weights: None) -> list[ProtectionEngine]:
-    """The CLI has no inversion-steps option: the profile's default drops to 1 for speed, and
-    every engine the CLI builds is recorded."""
-    quick = dataclasses.replace(
-        EMBEDDED, optimisation=EMBEDDED.optimisation.with_overrides(inversion_steps=1)
-    )
-    monkeypatch.setitem(PROFILES, "embedded", quick)
+    """Every engine the CLI builds is recorded."""
     built: list[ProtectionEngine] = []
 
     class RecordingEngine(ProtectionEngine):
@@ -117,9 +111,9 @@ def test_writes_one_png_per_input_in_input_order(
         assert not np.array_equal(pixels, original), "the face was not replaced"
     for item in report["outputs"]:
         assert item["target_distance"] > 0 and item["original_distance"] > 0 and item["seconds"] > 0
-    # --steps reached the engine; one engine for the whole call
+    # the profile's settings with --steps reached the engine; one engine for the whole call
     assert len(engines) == 1
-    assert engines[0].config.steps == 2 and engines[0].config.inversion_steps == 1
+    assert engines[0].config == EMBEDDED.optimisation.with_overrides(steps=2)
 
 
 def test_crop_writes_the_square_face_and_plain_output_names_the_files(
