@@ -1,10 +1,10 @@
 """The protection engine: photos of a subject + a key -> protected faces.
 
 Per photo: detect and align (dlib's five landmarks), cut the face onto the generator's landmark
-template, invert it (encoder + a short refinement), mix the real latent with the key's synthetic
-latent by the generator's :class:`~faceanonymixer.generators.LatentLayout`, optimise the
-OPTIMISED rows with Adam, and decode. Faces of one or several subjects optimise as one batch,
-each with its own loss terms.
+template, invert it (encoder, then the profile's ``inversion_steps`` of refinement), mix the
+real latent with the key's synthetic latent by the generator's
+:class:`~faceanonymixer.generators.LatentLayout`, optimise the OPTIMISED rows with Adam, and
+decode. Faces of one or several subjects optimise as one batch, each with its own loss terms.
 
 The loss recognizer sees exactly what a recognizer will see downstream: the generated face
 blended into the original dlib face chip with the feathered mask that pastes it back into the

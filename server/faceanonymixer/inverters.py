@@ -2,7 +2,7 @@
 
 An inverter maps the generator-aligned crops (N, 3, S, S) in [-1, 1], S = the generator's
 ``image_size``, to latents (N, rows, width) of the generator's layout: the engine's starting
-point, refined afterwards. Two kinds exist:
+point, refined afterwards where the profile has ``inversion_steps``. Two kinds exist:
 
 ``embedded-encoder``
     the project's own encoder (``models train-encoder``) predicts the DCGAN's Gaussian code z, which
