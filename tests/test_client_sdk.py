@@ -211,7 +211,7 @@ def new_server(workdir: Path, kek_file: Path, **settings: Any) -> ServerProcess:
     return ServerProcess(
         workdir,
         kek_file,
-        {"keystore": f"sqlite:///{workdir / 'keys.db'}", "workers": 1, "torch_threads": 1, **settings},
+        {"keystore": f"sqlite:///{workdir / 'keys.db'}", "workers": 1, "threads": 1, **settings},
     )
 
 

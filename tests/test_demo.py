@@ -301,7 +301,7 @@ def test_run_in_background_raises_a_start_up_failure_in_the_caller(tmp_path: Pat
         listen="127.0.0.1:0",
         keystore=f"sqlite:///{tmp_path / 'keys.db'}",
         device="no-such-device",
-        torch_threads=1,
+        threads=1,
         shutdown_grace_seconds=1,
     )
     with (

@@ -70,7 +70,7 @@ def server_settings(store_url: str, **extra: Any) -> dict[str, Any]:
     return {
         "keystore": store_url,
         "workers": 1,
-        "torch_threads": 1,
+        "threads": 1,
         "shutdown_grace_seconds": 10,
         **extra,
     }

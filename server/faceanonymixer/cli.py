@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from faceanonymixer._version import __version__
-from faceanonymixer.cli_common import emit, one_line_errors
+from faceanonymixer.cli_common import ThreadsOption, emit, one_line_errors
 from faceanonymixer.cli_eval import evaluate
 from faceanonymixer.cli_export import export_app
 from faceanonymixer.cli_health import health
@@ -76,6 +76,7 @@ def demo(
     max_people: Annotated[int, typer.Option(min=1, help="People to take from --images.")] = 4,
     max_images: Annotated[int, typer.Option(min=1, help="Photos per person from --images.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Run the service in-process, protect photos under a key, revoke it, re-enroll, and judge.
 
@@ -91,7 +92,9 @@ def demo(
             else folder_photos(images, max_people=max_people, max_images=max_images)
         )
         target = prepare_out_dir(out)
-        report = run_demo(photo_set, target, progress=lambda line: typer.echo(line, err=True))
+        report = run_demo(
+            photo_set, target, progress=lambda line: typer.echo(line, err=True), threads=threads
+        )
         emit(as_json, report.summary, lambda: report.render(sys.stdout))
 
 
@@ -130,6 +133,7 @@ def protect(
     keystore: Annotated[str | None, typer.Option(help="Local key store URL for --key-id.")] = None,
     tenant: Annotated[str, typer.Option(help="Tenant of the local key store.")] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Protect photos with a key and write one PNG per input: nothing is written unless all succeed.
 
@@ -156,7 +160,14 @@ def protect(
 
             key = load_local_key(key_file, key_version, key_id, keystore, tenant, profile)
             protected = protect_locally(
-                images, key, profile, crop=crop, steps=steps, runtime=runtime, onnx_dir=onnx_dir
+                images,
+                key,
+                profile,
+                crop=crop,
+                steps=steps,
+                runtime=runtime,
+                onnx_dir=onnx_dir,
+                threads=threads,
             )
         # every result exists before the first file is written: a failure leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -36,3 +36,15 @@ def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> 
         typer.echo(json.dumps(payload, indent=2, default=str))
     else:
         render()
+
+
+#: ``--threads`` of every command that runs torch (faceanonymixer.threads)
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=0,
+        help="torch CPU threads; 0 chooses per call (every idle core, one while other work runs). "
+        "Default: FACEANONYMIXER_THREADS, else 0.",
+    ),
+]

@@ -56,6 +56,7 @@ def protect_locally(
     steps: int | None,
     runtime: str = "torch",
     onnx_dir: Path | None = None,
+    threads: int | None = None,
 ) -> list[ProtectedOutput]:
     from faceanonymixer.errors import InvalidRequestError
     from faceanonymixer.protector import Protector
@@ -65,7 +66,9 @@ def protect_locally(
     if runtime == "onnx" and onnx_dir is None:
         raise InvalidRequestError("--runtime onnx needs --onnx-dir", field="onnx_dir")
     overrides: dict[str, Any] = {} if steps is None else {"steps": steps}
-    protector = Protector(profile, runtime=cast("Runtime", runtime), onnx_dir=onnx_dir, **overrides)
+    protector = Protector(
+        profile, runtime=cast("Runtime", runtime), onnx_dir=onnx_dir, threads=threads, **overrides
+    )
     results = protector.protect(list(images), key)
     return [
         ProtectedOutput(

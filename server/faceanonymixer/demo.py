@@ -403,7 +403,9 @@ def _percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.0%}"
 
 
-def run_demo(photo_set: PhotoSet, out: Path, *, progress: Progress | None = None) -> DemoReport:
+def run_demo(
+    photo_set: PhotoSet, out: Path, *, progress: Progress | None = None, threads: int | None = None
+) -> DemoReport:
     """Serve in-process, enroll, revoke, re-enroll and judge; write grid.png and summary.json."""
     started = time.perf_counter()
     say = progress or (lambda _: None)
@@ -423,7 +425,7 @@ def run_demo(photo_set: PhotoSet, out: Path, *, progress: Progress | None = None
             listen="127.0.0.1:0",
             keystore=f"sqlite:///{Path(keys_dir) / 'keys.db'}",
             workers=1,
-            torch_threads=2,
+            threads=threads,
             tokens={},
             metrics_listen="",
             reflection=False,

@@ -16,6 +16,7 @@ from faceanonymixer.imageio import ImageInput
 from faceanonymixer.profiles import get_profile
 from faceanonymixer.protection_key import ProtectionKey, as_key
 from faceanonymixer.recognizers import default_device
+from faceanonymixer.threads import threads_setting, torch_threads
 
 
 class Protector:
@@ -28,6 +29,8 @@ class Protector:
     enrollment); a single image is the independent probe. ``optimisation`` overrides the
     profile's settings by name (``steps=50``, ``lambda_anon=10``, ...). ``runtime="onnx"`` with
     ``onnx_dir`` runs the gradient-free passes on onnxruntime (:class:`ProtectionEngine`).
+    ``threads``: torch CPU threads of each call (:mod:`faceanonymixer.threads`; default
+    ``FACEANONYMIXER_THREADS``, else chosen per call: every idle core, one while other work runs).
     """
 
     def __init__(
@@ -37,8 +40,10 @@ class Protector:
         device: str | torch.device | None = None,
         runtime: Runtime = "torch",
         onnx_dir: str | Path | None = None,
+        threads: int | None = None,
         **optimisation: Any,
     ) -> None:
+        self.threads = threads_setting(threads)
         chosen = get_profile(profile)
         self.engine = ProtectionEngine(
             chosen,
@@ -65,9 +70,10 @@ class Protector:
         batch = _as_batch(images)
         if not batch:
             raise ValueError("no images to protect")
-        faces = [self.engine.prepare(image) for image in batch]
-        subject = Subject(faces=faces, key=protection_key)
-        return self.engine.protect([subject], should_stop=should_stop, keep_latents=keep_latents)[0]
+        with torch_threads(self.threads):
+            faces = [self.engine.prepare(image) for image in batch]
+            subject = Subject(faces=faces, key=protection_key)
+            return self.engine.protect([subject], should_stop=should_stop, keep_latents=keep_latents)[0]
 
 
 def _as_batch(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:

@@ -153,7 +153,7 @@ async def _serve_with(
         build_engine,
         workers=settings.workers,
         queue_size=settings.queue_size,
-        torch_threads=settings.torch_threads,
+        threads=settings.threads,
     )
     metrics.watch(lambda: pool.queue_depth, lambda: pool.busy_workers)
     limits = [
