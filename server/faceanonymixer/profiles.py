@@ -1,8 +1,21 @@
-"""Model profiles: one consistent set of models, their latent layout and optimisation defaults."""
+"""Model profiles: one consistent set of models, their latent layout and optimisation defaults.
+
+A profile id never changes: it is part of every key's derivation. What a profile *is* can change
+(new weights, new settings); each such state is a **revision**, :func:`profile_revision`: a short
+digest of the settings, the registry names and the SHA-256 of every weight file the profile
+loads. A key records the revision it was made under; a server protects only under revisions it
+serves (the current one, plus the profile's entries in :data:`ARCHIVED_PROFILES`), so an upgrade
+never silently changes the faces of keys enrolled before it (``docs/security.md``, "Profile
+revisions").
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import functools
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 
@@ -214,3 +227,111 @@ def get_profile(name: str) -> Profile:
     if profile is None:
         raise ValueError(f"unknown profile {name!r}; available: {', '.join(sorted(PROFILES))}")
     return profile
+
+
+#: Earlier states of profiles that servers keep serving beside the current one, so keys made
+#: under them keep their protected faces: when a profile's weights or settings change, put its
+#: previous ``Profile`` here (its generator, encoder and weights stay registered and committed).
+#: A server loads an archived revision's models on the first call that needs them.
+ARCHIVED_PROFILES: tuple[Profile, ...] = ()
+
+#: the weight files each registry name loads: ("committed", manifest name), ("zoo", model zoo
+#: name) or ("package", a function giving the path of a file shipped by an installed package)
+_PACKAGE_FILES: dict[str, tuple[str, str]] = {
+    # registry name -> (package, file inside it)
+    "digiface-dcgan": ("gan_face_generate", "weights.tar"),
+    "dlib": ("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat"),
+    "aligner:dlib": ("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat"),
+    "aligner:ffhq": ("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"),
+}
+_ZOO_NAMES = frozenset({"stylegan2-ffhq", "e4e-ffhq", "arcface-ir-se50"})
+#: characters of the hex digest kept in a revision
+REVISION_CHARS = 16
+
+
+def profile_revision(profile: Profile) -> str:
+    """The profile's revision: 16 hex characters of the SHA-256 of its settings (optimisation
+    included), its registry names, its alignment and the SHA-256 of every weight file it loads
+    (the aligner's landmark model too). A change of code that changes protected faces without
+    changing any of these needs a change here too (a setting, or a new registry name)."""
+    names = {
+        "generator": profile.generator,
+        "recognizer": profile.recognizer,
+        "encoder": profile.encoder,
+        "identity_mean": profile.identity_mean,
+        "identity_code_map": profile.identity_code_map,
+        "identity_basis": profile.identity_basis,
+    }
+    weights = {f"{role}:{name}": _weights_digest(name) for role, name in names.items() if name is not None}
+    weights["aligner"] = _weights_digest(f"aligner:{profile.alignment}")
+    document = {
+        "profile_id": profile.profile_id,
+        **names,
+        "output_size": profile.output_size,
+        "alignment": profile.alignment,
+        "optimisation": asdict(profile.optimisation),
+        "weights": weights,
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:REVISION_CHARS]
+
+
+def served_profiles(current: Profile, *, archived: bool = True) -> dict[str, Profile]:
+    """Revision -> profile for every revision of ``current``'s id a server with ``current``
+    serves: ``current`` itself, and (``archived``) the id's entries in :data:`ARCHIVED_PROFILES`."""
+    served = {profile_revision(current): current}
+    if archived:
+        for profile in ARCHIVED_PROFILES:
+            if profile.profile_id == current.profile_id:
+                served.setdefault(profile_revision(profile), profile)
+    return served
+
+
+def with_optimisation_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
+    """``profile`` as a server configured with ``optimisation`` overrides runs it (another
+    revision unless the overrides repeat the defaults)."""
+    if not overrides:
+        return profile
+    return replace(profile, optimisation=profile.optimisation.with_overrides(**overrides))
+
+
+def _weights_digest(name: str) -> str:
+    """SHA-256 of the weight file behind a registry name; "unpinned" for a zoo model without a
+    published digest, "unregistered:<name>" for a name this table does not know (a plugin's)."""
+    from faceanonymixer.weights import committed_weights
+
+    committed = committed_weights()
+    if name in committed:
+        return committed[name].sha256
+    if name in _ZOO_NAMES:
+        from faceanonymixer.model_zoo import load_manifest
+
+        model = load_manifest().get(name)
+        return (model.sha256 if model is not None else None) or "unpinned"
+    if name in _PACKAGE_FILES:
+        package, relative = _PACKAGE_FILES[name]
+        return _package_file_digest(package, relative)
+    return f"unregistered:{name}"
+
+
+def _package_file_digest(package: str, relative: str) -> str:
+    from importlib.util import find_spec
+
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return f"missing:{package}"
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    try:
+        status = path.stat()
+    except OSError:
+        return f"missing:{package}/{relative}"
+    return _file_digest(str(path), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
