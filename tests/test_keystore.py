@@ -36,6 +36,8 @@ from faceanonymixer.errors import (
 )
 from faceanonymixer.keystore import AuditEvent, KeyEncryptionKey, KeyRecord, KeyStore
 from faceanonymixer.keystore import key_ids as key_ids_module
+from faceanonymixer.keystore.integrity import KeyIntegrityError
+from faceanonymixer.keystore.kek import KeyRing
 from faceanonymixer.keystore.key_ids import KeyIds
 from faceanonymixer.keystore.schema import VERSION_TABLE, metadata
 
@@ -290,6 +292,7 @@ def test_wrong_kek_is_refused_and_changes_nothing(backend: Backend, kek: KeyEncr
 def test_kek_from_env(tmp_path: Path) -> None:
     path = tmp_path / "kek.bin"
     path.write_bytes(KEK_BYTES)
+    path.chmod(0o600)
     encoded = base64.b64encode(KEK_BYTES).decode()
     wrapped = KeyEncryptionKey(KEK_BYTES).wrap(b"m" * 32, tenant="t", key_id="k", version=1)
     for environ in [{"FACEANONYMIXER_KEK_FILE": str(path)}, {"FACEANONYMIXER_KEK": encoded}]:
@@ -307,6 +310,7 @@ def test_kek_from_env(tmp_path: Path) -> None:
     ]
     short = tmp_path / "short.bin"
     short.write_bytes(KEK_BYTES + b"!")
+    short.chmod(0o600)
     bad_environs.append({"FACEANONYMIXER_KEK_FILE": str(short)})
     for environ in bad_environs:
         with pytest.raises(KeyStoreError) as caught:
@@ -419,7 +423,7 @@ def test_verify_reports_swapped_key_material(store: KeyStore, backend: Backend) 
     report = store.verify()
     assert not report.ok
     assert sum("wrapped material" in problem for problem in report.problems) == 2, report.problems
-    with pytest.raises(KeyStoreError, match="failed authentication"):
+    with pytest.raises(KeyStoreError, match="integrity check"):  # the row MAC covers the material
         store.key_for_use(owner, first.key_id)
 
 
@@ -538,3 +542,307 @@ def test_two_processes_share_one_store(store: KeyStore, backend: Backend) -> Non
     assert (report.keys, report.events) == (3 + 3 + 2 * 6 * 2, 3 + 3 + 2 * 6 * 2)
     revokes = [e for e in store.audit_events(owner) if e.action == "revoke" and e.key_id in shared]
     assert sorted(e.key_id for e in revokes) == sorted(shared)
+
+
+# -- tamper evidence (issue 39, defect 3) ------------------------------------------------------
+
+
+def recompute_plain_chain(backend: Backend) -> None:
+    """What an attacker without the key can do after editing an event: re-link every event with
+    plain SHA-256 (as the chain was before it was keyed) and re-point the head at the end."""
+    from faceanonymixer.keystore.audit import event_hash
+    from faceanonymixer.keystore.schema import GENESIS_HASH
+
+    rows = backend.execute("SELECT * FROM audit_events ORDER BY seq")
+    prev = GENESIS_HASH
+    for row in rows:
+        digest = event_hash(
+            prev_hash=prev,
+            seq=row.seq,
+            at=row.at,
+            tenant=row.tenant,
+            action=row.action,
+            key_id=row.key_id,
+            version=row.version,
+            actor=row.actor,
+            details=__import__("json").loads(row.details),
+        )
+        backend.execute(
+            "UPDATE audit_events SET prev_hash = :prev, hash = :hash WHERE seq = :seq",
+            {"prev": prev, "hash": digest, "seq": row.seq},
+        )
+        prev = digest
+    backend.execute("UPDATE audit_head SET seq = :seq, hash = :hash", {"seq": len(rows), "hash": prev})
+
+
+def test_un_revoking_a_key_in_the_database_is_refused_and_reported(store: KeyStore, backend: Backend) -> None:
+    owner = tenant()
+    record = create(store, owner)
+    store.revoke_key(owner, record.key_id, actor=ACTOR)
+    backend.execute("UPDATE keys SET state = 'active' WHERE key_id = :k", {"k": record.key_id})
+    with pytest.raises(KeyIntegrityError, match="integrity check"):
+        store.key_for_use(owner, record.key_id)
+    with pytest.raises(KeyIntegrityError):
+        store.check_usable(owner, record.key_id, 1)
+    report = store.verify()
+    assert not report.ok and any("fails its MAC" in p and record.key_id in p for p in report.problems), (
+        report.problems
+    )
+
+
+def test_deleting_the_revoke_event_and_re_pointing_the_head_is_reported(
+    store: KeyStore, backend: Backend
+) -> None:
+    """The whole un-revocation: the key made active again, its replacement and revoke event
+    gone, the head pointed back at the event before: consistent, except for the MACs."""
+    owner = tenant()
+    record = create(store, owner)
+    _, replacement = store.revoke_key(owner, record.key_id, actor=ACTOR)
+    backend.drop_audit_triggers()
+    [before] = backend.execute("SELECT seq, hash FROM audit_events WHERE action = 'create' ORDER BY seq DESC")
+    backend.execute("DELETE FROM audit_events WHERE action = 'revoke'")
+    backend.execute(
+        "UPDATE audit_head SET seq = :seq, hash = :hash", {"seq": before.seq, "hash": before.hash}
+    )
+    backend.execute(
+        "UPDATE keys SET state = 'active', revoked_at = NULL, replaced_by_key_id = NULL WHERE key_id = :k",
+        {"k": record.key_id},
+    )
+    backend.execute("DELETE FROM keys WHERE key_id = :k", {"k": replacement.key_id})
+    report = store.verify()
+    assert not report.ok
+    assert any("audit_head fails its MAC" in p for p in report.problems), report.problems
+    assert any("fails its MAC" in p and record.key_id in p for p in report.problems), report.problems
+    with pytest.raises(KeyIntegrityError):
+        store.key_for_use(owner, record.key_id)
+
+
+def test_an_edited_event_re_chained_with_sha256_is_reported(store: KeyStore, backend: Backend) -> None:
+    owner = tenant()
+    record = create(store, owner)
+    store.revoke_key(owner, record.key_id, actor=ACTOR)
+    backend.drop_audit_triggers()
+    backend.execute("UPDATE audit_events SET actor = 'mallory' WHERE action = 'revoke'")
+    recompute_plain_chain(backend)
+    report = store.verify()
+    assert not report.ok
+    assert any("hash does not match its contents" in p for p in report.problems), report.problems
+    assert any("audit_head fails its MAC" in p for p in report.problems), report.problems
+
+
+def test_key_use_is_audited_per_key_without_image_data(store: KeyStore) -> None:
+    from datetime import UTC, datetime
+
+    from faceanonymixer.keystore.store import KeyUse
+
+    owner = tenant()
+    record = create(store, owner)
+    now = datetime.now(UTC)
+    use = KeyUse(owner, record.key_id, 1, {"OK": 3, "FAILED_PRECONDITION": 1}, 5, now, now)
+    assert store.record_uses([use], actor="grpc") == 1
+    [event] = [e for e in store.audit_events(owner) if e.action == "use"]
+    assert (event.key_id, event.version, event.tenant, event.actor) == (record.key_id, 1, owner, "grpc")
+    assert event.details["calls"] == {"FAILED_PRECONDITION": 1, "OK": 3} and event.details["photos"] == 5
+    assert set(event.details) == {"calls", "photos", "first", "last"}
+    assert store.verify().ok
+
+
+def test_keys_db_is_created_readable_by_its_owner_only(tmp_path: Path, kek: KeyEncryptionKey) -> None:
+    path = tmp_path / "fresh" / "keys.db"
+    with KeyStore.open(f"sqlite:///{path}", kek) as opened:
+        create(opened, tenant())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    for sibling in path.parent.glob("keys.db-*"):  # WAL and shared memory: the database's mode
+        assert sibling.stat().st_mode & 0o077 == 0, sibling
+
+
+def test_a_kek_file_other_users_can_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "kek.bin"
+    path.write_bytes(KEK_BYTES)
+    for mode in (0o644, 0o604, 0o606):
+        path.chmod(mode)
+        with pytest.raises(KeyStoreError, match="accessible to other users"):
+            KeyEncryptionKey.from_file(path)
+    for mode in (0o600, 0o400, 0o440, 0o640):  # the owner, or a group (Kubernetes fsGroup)
+        path.chmod(mode)
+        assert KeyEncryptionKey.from_file(path).kek_id == KeyEncryptionKey(KEK_BYTES).kek_id
+
+
+# -- KEK rotation (defect 4) -------------------------------------------------------------------
+
+
+def test_rotating_the_kek_keeps_ids_material_and_history(backend: Backend, kek: KeyEncryptionKey) -> None:
+    owner = tenant()
+    new_kek = KeyEncryptionKey(os.urandom(32))
+    with KeyStore.open(backend.url, kek) as first:
+        records = [create(first, owner) for _ in range(3)]
+        _, replacement = first.revoke_key(owner, records[0].key_id, actor=ACTOR)
+        materials = {
+            r.key_id: first.key_for_use(owner, r.key_id)[1].material for r in [*records[1:], replacement]
+        }
+        report = first.rotate_kek(new_kek, actor="admin")
+        assert (report.from_kek, report.to_kek, report.keys) == (kek.kek_id, new_kek.kek_id, 4)
+        assert first.verify().ok
+    with pytest.raises(WrongKeyEncryptionKeyError, match="does not open"):
+        KeyStore.open(backend.url, kek)  # the old KEK alone no longer opens it
+    with KeyStore.open(backend.url, new_kek) as second:
+        for key_id, material in materials.items():  # same ids (the tag key is stored), same material
+            assert second.key_for_use(owner, key_id)[1].material == material
+        assert second.key_ids.classify(owner, records[1].key_id) == "own"
+        rotations = [e for e in second.audit_events() if e.action == "rotate-kek"]
+        assert [e.details["to_kek"] for e in rotations] == [new_kek.kek_id]
+        create(second, owner)
+        report_after = second.verify()
+        assert report_after.ok, report_after.problems
+        assert (report_after.keys, report_after.events) == (5, 6)  # 4 creates, a revoke, a rotation
+    wrapped = backend.execute("SELECT kek_id FROM keys")
+    assert {row.kek_id for row in wrapped} == {new_kek.kek_id}
+
+
+def test_a_keyring_reads_a_store_rotated_by_another_process(backend: Backend, kek: KeyEncryptionKey) -> None:
+    owner = tenant()
+    new_kek = KeyEncryptionKey(os.urandom(32))
+    with (
+        KeyStore.open(backend.url, KeyRing([kek, new_kek])) as replica,
+        KeyStore.open(backend.url, kek) as admin,
+    ):
+        record = create(replica, owner)
+        admin.rotate_kek(new_kek, actor="admin")
+        # the replica opened before the rotation: it reads the re-wrapped key, and writes under
+        # the store's new KEK, never the one it started with
+        assert replica.key_for_use(owner, record.key_id)[0] == record
+        later = create(replica, owner)
+        [row] = backend.execute("SELECT kek_id FROM keys WHERE key_id = :k", {"k": later.key_id})
+        assert row.kek_id == new_kek.kek_id
+        replica.revoke_key(owner, record.key_id, actor=ACTOR)
+        assert replica.verify().ok
+
+
+def test_the_cli_rotates_the_kek(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from faceanonymixer.cli import app
+
+    old_file, new_file = tmp_path / "old.bin", tmp_path / "new.bin"
+    for path in (old_file, new_file):
+        path.write_bytes(os.urandom(32))
+        path.chmod(0o600)
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    with KeyStore.open(url, KeyEncryptionKey.from_file(old_file)) as opened:
+        record = create(opened, "default")
+    env = {"FACEANONYMIXER_KEK_FILE": str(old_file)}
+    result = CliRunner().invoke(
+        app, ["keys", "rotate-kek", "--new-kek-file", str(new_file), "--keystore", url, "--json"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    payload = __import__("json").loads(result.stdout)
+    assert payload["keys"] == 1 and payload["to_kek"] == KeyEncryptionKey.from_file(new_file).kek_id
+    env = {"FACEANONYMIXER_KEK_FILE": str(new_file)}
+    verified = CliRunner().invoke(app, ["keys", "audit", "--verify", "--keystore", url, "--json"], env=env)
+    assert verified.exit_code == 0, verified.output
+    shown = CliRunner().invoke(app, ["keys", "get", record.key_id, "--keystore", url, "--json"], env=env)
+    assert shown.exit_code == 0 and __import__("json").loads(shown.stdout)["key_id"] == record.key_id
+    refused = CliRunner().invoke(
+        app, ["keys", "list", "--keystore", url], env={"FACEANONYMIXER_KEK_FILE": str(old_file)}
+    )
+    assert refused.exit_code != 0 and "does not open" in refused.stderr
+
+
+# -- profile revisions -------------------------------------------------------------------------
+
+
+def test_keys_record_their_profile_revision(store: KeyStore) -> None:
+    from faceanonymixer.errors import ProfileMismatchError
+    from faceanonymixer.profiles import get_profile, profile_revision
+
+    owner = tenant()
+    record = create(store, owner)
+    current = profile_revision(get_profile("embedded"))
+    assert record.profile_revision == current
+    old = store.create_key(
+        owner, "bob", profile_id="embedded", profile_revision="0123456789abcdef", actor=ACTOR
+    )
+    _, replacement = store.revoke_key(owner, old.key_id, actor=ACTOR)
+    assert replacement.profile_revision == "0123456789abcdef"  # the same models as the key it replaces
+    store.key_for_use(owner, record.key_id, profile="embedded", revisions={current})
+    with pytest.raises(ProfileMismatchError) as caught:
+        store.key_for_use(owner, replacement.key_id, profile="embedded", revisions={current})
+    assert "0123456789abcdef" in str(caught.value) and current in str(caught.value)
+    assert caught.value.metadata == {
+        "key_profile": "embedded",
+        "key_revision": "0123456789abcdef",
+        "server_revisions": current,
+    }
+    # served side by side: the old revision is accepted where the server serves it
+    store.key_for_use(owner, replacement.key_id, profile="embedded", revisions={current, "0123456789abcdef"})
+
+
+def test_check_usable_follows_revocation(store: KeyStore) -> None:
+    owner = tenant()
+    record = create(store, owner)
+    store.check_usable(owner, record.key_id, 1)
+    store.revoke_key(owner, record.key_id, actor=ACTOR)
+    with pytest.raises(KeyRevokedError):
+        store.check_usable(owner, record.key_id, 1)
+
+
+# -- a store made before migration 0002 --------------------------------------------------------
+
+
+def test_a_store_made_before_0002_is_upgraded(backend: Backend, kek: KeyEncryptionKey) -> None:
+    from keystore_0001 import make_store_0001
+
+    from faceanonymixer.keystore.schema import keys as keys_table
+
+    legacy = make_store_0001(backend.url, kek, tenant="acme")
+    with KeyStore.open(backend.url, kek) as upgraded:
+        report = upgraded.verify()
+        assert report.ok, report.problems
+        assert (report.keys, report.events) == (4, 4 + 1)  # three creates, a revoke, the anchor
+        events = upgraded.audit_events()
+        assert [e.mac_epoch for e in events] == [None] * 4 + [1] and events[-1].action == "upgrade"
+        assert events[-1].details["legacy_head"] == events[-2].hash
+        for key in legacy:  # ids and material unchanged
+            record = upgraded.get_key("acme", key.key_id)
+            assert record.state == key.state
+            assert record.profile_revision == migration_0002().REVISIONS_2026_12_07["embedded"]
+            if key.state == "active":
+                assert upgraded.key_for_use("acme", key.key_id)[1].material == key.material
+        # writes and rotation work on it, and it still verifies
+        create(upgraded, "acme")
+        upgraded.rotate_kek(KeyEncryptionKey(os.urandom(32)), actor="admin")
+        assert upgraded.verify().ok
+    with backend.raw.connect() as connection:
+        assert (
+            connection.execute(sa.select(sa.func.count()).where(keys_table.c.row_mac.is_(None))).scalar() == 0
+        )
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, metadata) == []
+
+
+def test_the_legacy_chain_is_anchored_by_the_upgrade(backend: Backend, kek: KeyEncryptionKey) -> None:
+    """After the upgrade, rewriting the old plain-SHA-256 events (and re-linking them) breaks the
+    keyed anchor, which names the old head."""
+    from keystore_0001 import make_store_0001
+
+    make_store_0001(backend.url, kek)
+    with KeyStore.open(backend.url, kek) as upgraded:
+        backend.drop_audit_triggers()
+        backend.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+        recompute_plain_chain(backend)
+        report = upgraded.verify()
+        assert not report.ok and any("event 5" in p for p in report.problems), report.problems
+
+
+def migration_0002() -> Any:
+    import importlib.util
+
+    from faceanonymixer.keystore.database import MIGRATIONS
+
+    [path] = (MIGRATIONS / "versions").glob("0002_*.py")
+    spec = importlib.util.spec_from_file_location("migration_0002", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

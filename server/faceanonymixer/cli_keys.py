@@ -1,6 +1,9 @@
 """``faceanonymixer keys``: create, revoke, get, list and audit keys, in the local key store or on a
-running server (``--server``). ``--json`` prints the key as an object whose ``key_id`` is the key
-made (for ``revoke``: the replacement)."""
+running server (``--server``); rotate the local store's key-encryption key. ``--json`` prints the
+key as an object whose ``key_id`` is the key made (for ``revoke``: the replacement).
+
+The local store is opened with the keyring of the environment: ``FACEANONYMIXER_KEK_FILE`` (or
+``FACEANONYMIXER_KEK``) and ``FACEANONYMIXER_ADDITIONAL_KEK_FILES``."""
 
 from __future__ import annotations
 
@@ -67,9 +70,15 @@ class KeyTarget:
 
         tenant, actor = self.tenant, f"cli:{self.tenant}"
         with one_line_errors(), _local_store(self.keystore, self.config) as (store, settings):
+            revision = key_operations.settings_revision(settings)
             local: dict[str, Callable[[Any], Any]] = {
                 "CreateKey": lambda request: key_operations.create_key(
-                    store, tenant, request, default_profile=settings.profile, actor=actor
+                    store,
+                    tenant,
+                    request,
+                    default_profile=settings.profile,
+                    default_revision=revision,
+                    actor=actor,
                 ),
                 "RevokeKey": lambda request: key_operations.revoke_key(store, tenant, request, actor=actor),
                 "GetKey": lambda request: key_operations.get_key(store, tenant, request),
@@ -81,11 +90,12 @@ class KeyTarget:
 @contextmanager
 def _local_store(keystore: str | None, config: Path | None) -> Iterator[tuple[KeyStore, ServiceSettings]]:
     """The local key store (URL: ``keystore``, else the configuration) and the settings read."""
-    from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
+    from faceanonymixer.keystore import KeyStore
+    from faceanonymixer.keystore.kek import KeyRing
     from faceanonymixer.service.settings import ServiceSettings
 
     settings = ServiceSettings.load(config, keystore=keystore)
-    with KeyStore.open(settings.keystore, KeyEncryptionKey.from_env()) as store:
+    with KeyStore.open(settings.keystore, KeyRing.from_env()) as store:
         yield store, settings
 
 
@@ -222,7 +232,10 @@ def list_keys(
 @keys_app.command()
 def audit(
     verify: Annotated[
-        bool, typer.Option("--verify", help="Check the hash chain and the store's integrity.")
+        bool,
+        typer.Option(
+            "--verify", help="Check the keyed hash chain, every key's MAC and the store's integrity."
+        ),
     ] = False,
     keystore: KeystoreOption = None,
     config: ConfigOption = None,
@@ -256,6 +269,45 @@ def audit(
                 typer.echo(json.dumps(event))
 
         emit(as_json, {"events": events}, render_events)
+
+
+@keys_app.command("rotate-kek")
+def rotate_kek(
+    new_kek_file: Annotated[
+        Path,
+        typer.Option(
+            "--new-kek-file", help="The new key-encryption key: a file of 32 random bytes, mode 0600 or 0400."
+        ),
+    ],
+    keystore: KeystoreOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-wrap every key of the local key store under a new key-encryption key, in one transaction.
+
+    Key ids do not change. The current KEK comes from FACEANONYMIXER_KEK_FILE (or
+    FACEANONYMIXER_KEK); servers that hold both KEKs (FACEANONYMIXER_ADDITIONAL_KEK_FILES) keep
+    serving throughout. Afterwards serve with the new KEK. Procedure: docs/security.md.
+    """
+    from faceanonymixer.keystore import KeyEncryptionKey
+
+    with one_line_errors(), _local_store(keystore, config) as (store, _):
+        new_kek = KeyEncryptionKey.from_file(new_kek_file)
+        report = store.rotate_kek(new_kek, actor="cli:rotate-kek")
+        payload = {
+            "from_kek": report.from_kek,
+            "to_kek": report.to_kek,
+            "keys": report.keys,
+            "integrity_epoch": report.integrity_epoch,
+        }
+
+        def render() -> None:
+            typer.echo(
+                f"re-wrapped {report.keys} keys: KEK {report.from_kek} -> {report.to_kek} "
+                f"(integrity key epoch {report.integrity_epoch}); serve with the new KEK now"
+            )
+
+        emit(as_json, payload, render)
 
 
 def _parse_labels(pairs: list[str]) -> dict[str, str]:

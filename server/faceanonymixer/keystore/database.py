@@ -1,6 +1,7 @@
 """Engines, transactions and migrations for the two supported databases.
 
-SQLite (the default embedded store): WAL journal, ``synchronous=FULL``, a 10 s busy timeout,
+SQLite (the default embedded store): the file created with mode 0600 (its folder 0700), WAL
+journal, ``synchronous=FULL``, a 10 s busy timeout,
 foreign keys on, and every write transaction opened with ``BEGIN IMMEDIATE`` (SQLAlchemy's
 pysqlite recipe), so writers in several processes queue for the write lock instead of
 deadlocking on a lock upgrade. PostgreSQL (psycopg 3): read committed, with ``SELECT ... FOR
@@ -11,6 +12,8 @@ starting together migrate once.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -24,6 +27,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 
 from faceanonymixer.errors import KeyStoreError
 from faceanonymixer.keystore.schema import VERSION_TABLE
+
+log = logging.getLogger("faceanonymixer.keystore")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_S = 10.0
@@ -93,12 +98,23 @@ def create(url: URL) -> Engine:
 def _create_sqlite(url: URL) -> Engine:
     path = Path(url.database or "").expanduser()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # created here, 0600, before SQLite would create it with the umask's mode (often 0644);
+        # SQLite gives its -wal and -shm files the database file's mode
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise KeyStoreError(
-            f"{safe_url(url)}: cannot create the folder of the key store ({reason})"
+            f"{safe_url(url)}: cannot create the key store or its folder ({reason})"
         ) from None
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        log.warning(
+            "the key store file %s is accessible to other users (mode %04o); run chmod 600 on it",
+            path,
+            mode & 0o777,
+        )
     engine = create_engine(
         url.set(database=str(path)),
         hide_parameters=True,
@@ -145,8 +161,9 @@ def read_transaction(engine: Engine, *, snapshot: bool = False) -> Iterator[Conn
             yield connection
 
 
-def migrate(connection: Connection) -> None:
-    """Upgrade the schema to the newest migration, inside the caller's write transaction.
+def migrate(connection: Connection, target: str = "head") -> None:
+    """Upgrade the schema to the newest migration (or ``target``), inside the caller's write
+    transaction.
 
     The caller holds ``MIGRATION_LOCK`` (taken before the transaction began).
     """
@@ -157,4 +174,4 @@ def migrate(connection: Connection) -> None:
     config.set_main_option("path_separator", "os")
     config.attributes["connection"] = connection
     config.attributes["version_table"] = VERSION_TABLE
-    command.upgrade(config, "head")
+    command.upgrade(config, target)

@@ -1,17 +1,26 @@
-"""The key-encryption key (KEK) that wraps every protection key at rest.
+"""The key-encryption keys (KEKs) that wrap every protection key at rest, and the keyring of them.
 
-Key material is stored only as AES-256-GCM ciphertext under the KEK, with associated data that
+Key material is stored only as AES-256-GCM ciphertext under a KEK, with associated data that
 binds it to its tenant, key id and version, so that a wrapped blob copied to another row fails to
-open. The KEK also derives (HKDF-SHA256) the sub-key that tags key ids with their tenant.
+open. The store's own secrets (the key-id tag key, the integrity keys) are sealed under the KEK
+the same way. Each KEK has a public id (:attr:`KeyEncryptionKey.kek_id`, an HMAC of a constant
+under it) recorded beside whatever it wraps, so a :class:`KeyRing` of several KEKs opens a store in
+the middle of a rotation.
+
+A KEK file must not be readable or writable by other users (mode ``o-rwx``): such a file is
+refused; a group-readable one (a Kubernetes secret with ``fsGroup``) is accepted.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
+import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,12 +36,16 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 ENV_KEK_FILE = "FACEANONYMIXER_KEK_FILE"
 ENV_KEK = "FACEANONYMIXER_KEK"
+#: more KEK files (``os.pathsep``-separated) the keyring holds besides the current one
+ENV_ADDITIONAL_KEK_FILES = "FACEANONYMIXER_ADDITIONAL_KEK_FILES"
 
 _PREFIX = b"faceanonymixer/v1"
 _MATERIAL_AAD = _PREFIX + b"|key-material"
 _CHECK_AAD = _PREFIX + b"|store-meta|kek-check"
 _CHECK_PLAINTEXT = b"faceanonymixer/v1 key store: the key-encryption key opens this store"
 _TAG_KEY_INFO = _PREFIX + b"|key-id-tag"
+_KEK_ID_INFO = _PREFIX + b"|kek-id"
+_SEALED_AAD = _PREFIX + b"|store-meta|"
 _HOW_TO_MAKE_ONE = (
     f"make one with `head -c 32 /dev/urandom > kek.bin` and set {ENV_KEK_FILE}=/path/to/kek.bin"
 )
@@ -75,15 +88,26 @@ class KeyEncryptionKey:
     def generate(cls) -> KeyEncryptionKey:
         return cls(os.urandom(KEK_BYTES))
 
+    @property
+    def kek_id(self) -> str:
+        """A public name of this KEK (16 hex characters): what a wrapped value records."""
+        return hmac.new(self.__key, _KEK_ID_INFO, hashlib.sha256).hexdigest()[:16]
+
     @classmethod
     def from_file(cls, path: str | Path) -> KeyEncryptionKey:
-        """A file of exactly 32 raw bytes."""
+        """A file of exactly 32 raw bytes, not accessible to other users (group access is allowed)."""
         path = Path(path)
         try:
+            mode = path.stat().st_mode
             data = path.read_bytes()
         except OSError as error:
             reason = error.strerror or type(error).__name__
             raise KeyStoreError(f"{path}: cannot read the key-encryption key file ({reason})") from None
+        if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IXOTH):
+            raise KeyStoreError(
+                f"{path}: the key-encryption key file is accessible to other users "
+                f"(mode {stat.S_IMODE(mode):04o}); run `chmod o-rwx {path}` (0600 or 0400 is best)"
+            )
         if len(data) != KEK_BYTES:
             raise KeyStoreError(
                 f"{path}: a key-encryption key file holds exactly {KEK_BYTES} raw bytes, not {len(data)}; "
@@ -139,6 +163,20 @@ class KeyEncryptionKey:
 
     # -- the store's check value ------------------------------------------------------------------
 
+    def seal(self, secret: bytes, *, name: str) -> bytes:
+        """nonce + AES-256-GCM ciphertext of one of the store's own secrets, bound to its ``name``."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + AESGCM(self.__key).encrypt(nonce, secret, _SEALED_AAD + name.encode("utf-8"))
+
+    def unseal(self, blob: bytes, *, name: str) -> bytes:
+        plaintext = self._open(blob, _SEALED_AAD + name.encode("utf-8"))
+        if plaintext is None:
+            raise KeyStoreError(
+                f"the key store's {name} failed authentication (a different key-encryption key, "
+                "or the stored value was altered)"
+            )
+        return plaintext
+
     def make_check(self) -> bytes:
         """A value only this KEK opens; the store keeps it to refuse a wrong KEK at open."""
         nonce = os.urandom(NONCE_BYTES)
@@ -150,7 +188,10 @@ class KeyEncryptionKey:
     # -- derived keys -----------------------------------------------------------------------------
 
     def key_id_tag_key(self) -> bytes:
-        """The HMAC key that tags key ids with their tenant (HKDF-SHA256, no salt)."""
+        """The HMAC key that tags key ids with their tenant (HKDF-SHA256, no salt).
+
+        A store derives it once, from the KEK it was created under, and keeps it sealed: key ids
+        do not change when the KEK is rotated."""
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_TAG_KEY_INFO).derive(self.__key)
 
     def _open(self, blob: bytes, aad: bytes) -> bytes | None:
@@ -160,3 +201,72 @@ class KeyEncryptionKey:
             return AESGCM(self.__key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
         except InvalidTag:
             return None
+
+
+class KeyRing:
+    """The KEKs a process holds, by :attr:`KeyEncryptionKey.kek_id`; the first is the current one.
+
+    A store records which KEK wraps each value and which is its current one; a process opens it
+    while its keyring holds that KEK, and reads values wrapped under any KEK of the ring. During
+    a rotation every replica holds both the old and the new KEK (``docs/security.md``).
+    """
+
+    __slots__ = ("_keks",)
+
+    def __init__(self, keks: Sequence[KeyEncryptionKey]) -> None:
+        if not keks:
+            raise KeyStoreError("a keyring needs at least one key-encryption key")
+        self._keks: dict[str, KeyEncryptionKey] = {}
+        for kek in keks:
+            if not isinstance(kek, KeyEncryptionKey):
+                raise KeyStoreError("a keyring holds KeyEncryptionKey objects")
+            self._keks.setdefault(kek.kek_id, kek)
+
+    def __repr__(self) -> str:
+        return f"KeyRing({', '.join(self._keks)})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a KeyRing cannot be pickled")
+
+    def __iter__(self) -> Iterator[KeyEncryptionKey]:
+        return iter(self._keks.values())
+
+    def __len__(self) -> int:
+        return len(self._keks)
+
+    @property
+    def primary(self) -> KeyEncryptionKey:
+        """The KEK a new store is created under."""
+        return next(iter(self._keks.values()))
+
+    @property
+    def kek_ids(self) -> list[str]:
+        return list(self._keks)
+
+    def get(self, kek_id: str | None) -> KeyEncryptionKey | None:
+        return None if kek_id is None else self._keks.get(kek_id)
+
+    def with_kek(self, kek: KeyEncryptionKey) -> KeyRing:
+        return KeyRing([*self._keks.values(), kek])
+
+    @classmethod
+    def of(cls, keks: KeyEncryptionKey | KeyRing) -> KeyRing:
+        return keks if isinstance(keks, KeyRing) else cls([keks])
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> KeyRing:
+        """The current KEK (``FACEANONYMIXER_KEK_FILE`` or ``FACEANONYMIXER_KEK``) and the files of
+        ``FACEANONYMIXER_ADDITIONAL_KEK_FILES`` (``os.pathsep``-separated)."""
+        return cls.with_additional_from_env(KeyEncryptionKey.from_env(environ), environ)
+
+    @classmethod
+    def with_additional_from_env(
+        cls, current: KeyEncryptionKey | KeyRing, environ: Mapping[str, str] = os.environ
+    ) -> KeyRing:
+        """``current`` and the KEK files of ``FACEANONYMIXER_ADDITIONAL_KEK_FILES``."""
+        extra = [
+            KeyEncryptionKey.from_file(path)
+            for path in environ.get(ENV_ADDITIONAL_KEK_FILES, "").split(os.pathsep)
+            if path.strip()
+        ]
+        return cls([*cls.of(current), *extra])

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import timestamp_pb2
 
 from faceanonymixer.errors import InvalidRequestError
 from faceanonymixer.keystore import KeyRecord, KeyStore
-from faceanonymixer.profiles import PROFILES
+from faceanonymixer.profiles import PROFILES, profile_revision, with_optimisation_overrides
 from faceanonymixer.v1 import keys_pb2
+
+if TYPE_CHECKING:
+    from faceanonymixer.service.settings import ServiceSettings
 
 MAX_TEXT = 256
 MAX_LABELS = 64
@@ -26,9 +29,28 @@ _STATE_FILTERS = {
 }
 
 
+def settings_revision(settings: ServiceSettings) -> str:
+    """The revision of the server's profile as ``settings`` run it (optimisation overrides count)."""
+    profile = PROFILES.get(settings.profile)
+    if profile is None:
+        raise InvalidRequestError(f"unknown profile {settings.profile!r}", field="profile")
+    try:
+        return profile_revision(with_optimisation_overrides(profile, settings.optimisation))
+    except (TypeError, ValueError) as error:
+        raise InvalidRequestError(f"invalid optimisation overrides: {error}", field="optimisation") from None
+
+
 def create_key(
-    store: KeyStore, tenant: str, request: keys_pb2.CreateKeyRequest, *, default_profile: str, actor: str
+    store: KeyStore,
+    tenant: str,
+    request: keys_pb2.CreateKeyRequest,
+    *,
+    default_profile: str,
+    default_revision: str | None = None,
+    actor: str,
 ) -> keys_pb2.CreateKeyResponse:
+    """``default_revision``: the revision keys of ``default_profile`` are made under (the
+    server's, with its overrides); a key of another profile gets that profile's own revision."""
     subject = request.subject
     if not subject or len(subject) > MAX_TEXT:
         raise InvalidRequestError(f"subject must be 1 to {MAX_TEXT} characters", field="subject")
@@ -40,7 +62,10 @@ def create_key(
         raise InvalidRequestError(
             f"unknown profile {profile_id!r}; available: {', '.join(sorted(PROFILES))}", field="profile_id"
         )
-    record = store.create_key(tenant, subject, labels=labels, profile_id=profile_id, actor=actor)
+    revision = default_revision if profile_id == default_profile and default_revision else None
+    record = store.create_key(
+        tenant, subject, labels=labels, profile_id=profile_id, profile_revision=revision, actor=actor
+    )
     return keys_pb2.CreateKeyResponse(key=key_message(record))
 
 
