@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from faceanonymixer.errors import ProtectionCancelledError
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.service import server as server_module
+from faceanonymixer.service.auth import Authenticator
 from faceanonymixer.service.settings import ServiceSettings, SettingsError
 from faceanonymixer.service.status import Reason, ServiceError
-from faceanonymixer.service.workers import DeadlineExceededError, EnginePool
+from faceanonymixer.service.workers import Cost, DeadlineExceededError, EnginePool, Measure
 
 
 def reason_of(error: ServiceError) -> str:
@@ -220,7 +222,21 @@ def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
 def test_no_auth_is_refused_off_loopback(listen: str) -> None:
     with pytest.raises(SettingsError, match="without authentication"):
         ServiceSettings(listen=listen).check_safe_to_serve()
-    ServiceSettings(listen=listen, tokens={"t" * 16: "acme"}).check_safe_to_serve()
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "10.1.2.3:50051", "[::]:50051"])
+def test_plaintext_tokens_off_loopback_need_to_be_allowed(listen: str, tmp_path: Path) -> None:
+    tokens = {"t" * 16: "acme"}
+    with pytest.raises(SettingsError, match="bearer tokens in plaintext"):
+        ServiceSettings(listen=listen, tokens=tokens).check_safe_to_serve()
+    allowed = ServiceSettings(listen=listen, tokens=tokens, allow_insecure_tokens=True)
+    allowed.check_safe_to_serve()
+    assert allowed.insecure_tokens  # the server logs a warning for it
+    tls = {"tls_cert_file": tmp_path / "cert.pem", "tls_key_file": tmp_path / "key.pem"}
+    secured = ServiceSettings(listen=listen, tokens=tokens, **tls)  # type: ignore[arg-type]
+    secured.check_safe_to_serve()
+    assert not secured.insecure_tokens
+    assert not ServiceSettings(listen="127.0.0.1:50051", tokens=tokens).insecure_tokens
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:50051", "localhost:0", "[::1]:50051"])
@@ -292,3 +308,160 @@ async def _logged_address() -> str:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+# ---- admission by cost, fairness, estimates (issue 39) -------------------------------------------
+
+
+def test_admission_counts_photos_not_calls() -> None:
+    async def scenario() -> None:
+        pool = started_pool(workers=1, queue_size=4)
+        await pool.wait_ready()
+        release, started = threading.Event(), threading.Event()
+        running = asyncio.ensure_future(pool.run(blocking_work(release, started)))
+        await asyncio.to_thread(started.wait, 5)
+        batch = asyncio.ensure_future(pool.run(blocking_work(release), cost=Cost(3, 3.0)))
+        await asyncio.sleep(0.05)
+        assert pool.queued_photos == 3
+        with pytest.raises(ServiceError) as refused:  # 3 + 2 photos > 4, though only one call waits
+            await pool.run(blocking_work(release), cost=Cost(2, 2.0))
+        assert reason_of(refused.value) == Reason.QUEUE_FULL
+        single = asyncio.ensure_future(pool.run(blocking_work(release), cost=Cost(1, 1.0)))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert [(await job)[0] for job in (running, batch, single)] == ["done"] * 3
+        pool.stop(5)
+
+    asyncio.run(scenario())
+
+
+def test_megapixels_bound_the_queue_too() -> None:
+    async def scenario() -> None:
+        pool = EnginePool(lambda: object(), workers=1, queue_size=100, queue_megapixels=50.0, threads=1)
+        pool.start()
+        await pool.wait_ready()
+        release, started = threading.Event(), threading.Event()
+        running = asyncio.ensure_future(pool.run(blocking_work(release, started)))
+        await asyncio.to_thread(started.wait, 5)
+        waiting = asyncio.ensure_future(pool.run(blocking_work(release), cost=Cost(1, 40.0)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServiceError) as refused:
+            await pool.run(blocking_work(release), cost=Cost(1, 20.0))
+        assert reason_of(refused.value) == Reason.QUEUE_FULL
+        release.set()
+        await running
+        await waiting
+        pool.stop(5)
+
+    asyncio.run(scenario())
+
+
+def test_one_tenant_cannot_take_the_whole_queue_and_tenants_take_turns() -> None:
+    async def scenario() -> None:
+        pool = EnginePool(lambda: object(), workers=1, queue_size=4, tenant_share=0.5, threads=1)
+        pool.start()
+        await pool.wait_ready()
+        release, started = threading.Event(), threading.Event()
+        order: list[str] = []
+
+        def job(name: str, gate: threading.Event | None = None) -> Callable[..., str]:
+            def work(engine: Any, should_stop: Callable[[], bool]) -> str:
+                if gate is not None:
+                    started.set()
+                    assert gate.wait(10)
+                order.append(name)
+                return name
+
+            return work
+
+        running = asyncio.ensure_future(pool.run(job("a0", release), tenant="a"))
+        await asyncio.to_thread(started.wait, 5)
+        queued_a = [asyncio.ensure_future(pool.run(job(f"a{n}"), tenant="a")) for n in (1, 2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServiceError) as refused:  # a holds its half of the queue
+            await pool.run(job("a3"), tenant="a")
+        assert reason_of(refused.value) == Reason.QUEUE_FULL
+        queued_b = asyncio.ensure_future(pool.run(job("b1"), tenant="b"))  # room is left for b
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(running, *queued_a, queued_b)
+        assert order == ["a0", "b1", "a1", "a2"]  # b has been served less: it goes first
+        pool.stop(5)
+
+    asyncio.run(scenario())
+
+
+def test_the_deadline_estimate_is_per_photo_and_per_megapixel() -> None:
+    """Two 40 MP photos that took long to decode do not make a small call look slow."""
+
+    async def scenario() -> None:
+        pool = started_pool()
+        await pool.wait_ready()
+
+        def big_job(engine: Any, should_stop: Callable[[], bool]) -> str:
+            time.sleep(0.6)
+            return "big"
+
+        # 0.1 s of the 0.6 s grew with the 2 photos, 0.5 s with the 80 megapixels
+        await pool.run(big_job, cost=Cost(2, 80.0), measure=lambda _: Measure(0.1, 2, 0.5, 80.0))
+        small = Cost(1, 0.3)
+        assert pool.estimate(small) == pytest.approx(0.05 + 0.3 * 0.5 / 80)
+        ran = threading.Event()
+        await pool.run(lambda engine, stop: ran.set(), deadline=time.monotonic() + 0.3, cost=small)
+        assert ran.is_set()  # the old per-photo average (0.3 s a photo) would have refused it
+        with pytest.raises(ServiceError) as refused:  # the same big work surely cannot finish
+            await pool.run(big_job, deadline=time.monotonic() + 0.2, cost=Cost(2, 80.0))
+        assert reason_of(refused.value) == Reason.DEADLINE_TOO_SHORT
+        pool.stop(5)
+
+    asyncio.run(scenario())
+
+
+class FakeContext:
+    """What a servicer reads of a grpc.aio context."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[Any, str] | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    async def abort(self, code: Any, details: str, trailing: Any = None) -> None:
+        self.aborted = (code, details)
+        raise RuntimeError(f"aborted: {code} {details}")
+
+
+def test_key_store_calls_do_not_wait_behind_image_work(tmp_path: Path) -> None:
+    """RevokeKey answers while every thread of the event loop's default executor (where image
+    decoding used to run) is busy: key-store calls have an executor of their own."""
+    from faceanonymixer.service.metrics import ServiceMetrics
+    from faceanonymixer.service.servicers import CallGuard, KeyServicer
+    from faceanonymixer.v1 import keys_pb2
+
+    settings = ServiceSettings(keystore=f"sqlite:///{tmp_path / 'keys.db'}")
+    store = KeyStore.open(settings.keystore, KeyEncryptionKey(os.urandom(32)))
+    record = store.create_key("default", "alice", profile_id="embedded", actor="test")
+    servicer = KeyServicer(settings, store, CallGuard(Authenticator({}), ServiceMetrics()))
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(2))
+        busy = threading.Event()
+        hogs = [loop.run_in_executor(None, busy.wait, 30) for _ in range(6)]  # a heavy upload
+        try:
+            started = time.perf_counter()
+            reply = await asyncio.wait_for(
+                servicer.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=record.key_id), FakeContext()), 20
+            )
+            assert reply.revoked_key.key_id == record.key_id
+            return time.perf_counter() - started
+        finally:
+            busy.set()
+            await asyncio.gather(*hogs)
+
+    seconds = asyncio.run(scenario())
+    print(f"\nRevokeKey with the default executor saturated: {seconds * 1000:.1f} ms")
+    store.close()

@@ -32,6 +32,9 @@ class Reason(StrEnum):
     KEY_ACCESS_DENIED = "KEY_ACCESS_DENIED"
     PROFILE_MISMATCH = "PROFILE_MISMATCH"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    PIXEL_BUDGET = "PIXEL_BUDGET"
+    REPLY_TOO_LARGE = "REPLY_TOO_LARGE"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
     QUEUE_FULL = "QUEUE_FULL"
     DEADLINE_TOO_SHORT = "DEADLINE_TOO_SHORT"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -122,9 +125,18 @@ class KeyRevokedError(FaceAnonyMixerError):
 
 
 class ProfileMismatchError(FaceAnonyMixerError):
-    """The key belongs to a model profile this server does not run."""
+    """The key belongs to a model profile, or a revision of it, this server does not serve
+    (``metadata``: ``key_revision`` and ``server_revisions``)."""
 
     exit_code = 4
+
+
+class RequestTooLargeError(FaceAnonyMixerError):
+    """The request's photos exceed the server's pixel budget (PIXEL_BUDGET), or a reply would
+    exceed its message limit (REPLY_TOO_LARGE); refused before any work. Not worth retrying
+    as is: send fewer or smaller photos, or ask for a smaller output."""
+
+    exit_code = 2
 
 
 class UnauthenticatedError(FaceAnonyMixerError):
@@ -205,12 +217,29 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(
         "unknown or malformed key id", grpc.StatusCode.NOT_FOUND, (Reason.KEY_NOT_FOUND,), KeyNotFoundError
     ),
-    ErrorRow("revoked key", grpc.StatusCode.FAILED_PRECONDITION, (Reason.KEY_REVOKED,), KeyRevokedError),
     ErrorRow(
-        "key of another model profile",
+        "revoked key (work already queued or running under it too)",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        (Reason.KEY_REVOKED,),
+        KeyRevokedError,
+    ),
+    ErrorRow(
+        "key of another model profile, or of a profile revision this server does not serve",
         grpc.StatusCode.FAILED_PRECONDITION,
         (Reason.PROFILE_MISMATCH,),
         ProfileMismatchError,
+    ),
+    ErrorRow(
+        "photos over the per-request pixel budget, or a reply over the message limit (before any work)",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        (Reason.PIXEL_BUDGET, Reason.REPLY_TOO_LARGE),
+        RequestTooLargeError,
+    ),
+    ErrorRow(
+        "malformed protobuf bytes",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        (Reason.MALFORMED_REQUEST,),
+        InvalidArgumentError,
     ),
     ErrorRow(
         "missing or unknown bearer token",

@@ -26,7 +26,7 @@ from typing import Any
 
 from faceanonymixer.engine import PreparedFace, ProtectionEngine, StopCheck, Subject
 from faceanonymixer.errors import FaceAnonyMixerError
-from faceanonymixer.imageio import RGBImage
+from faceanonymixer.imageio import ImageInput
 from faceanonymixer.keystore import KeyStore
 from faceanonymixer.protection_key import ProtectionKey
 from faceanonymixer.service.protection import Outcome, OutputOptions, ProtectedPhoto, encode_image
@@ -41,7 +41,8 @@ log = logging.getLogger("faceanonymixer.service")
 class SubjectWork:
     """The photos of one call, its key and output options."""
 
-    photos: list[RGBImage]
+    #: encoded photos (decoded on the worker) or arrays
+    photos: Sequence[ImageInput]
     key: ProtectionKey
     options: OutputOptions
 
@@ -137,7 +138,7 @@ class BatchingProtectionServicer(ProtectionServicer):
         self._batched = batcher(self._run_batch)
 
     async def _protect(  # the parent's one engine step, batched
-        self, photos: list[RGBImage], key: ProtectionKey, options: OutputOptions, context: object
+        self, photos: Sequence[ImageInput], key: ProtectionKey, options: OutputOptions, context: object
     ) -> tuple[list[Outcome], float]:
         item = BatchItem(SubjectWork(photos, key, options))
         try:

@@ -24,14 +24,23 @@ from grpc_reflection.v1alpha import reflection
 from faceanonymixer.engine import ProtectionEngine
 from faceanonymixer.errors import FaceAnonyMixerError, ModelLoadError
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
-from faceanonymixer.profiles import get_profile
+from faceanonymixer.keystore.kek import KeyRing
+from faceanonymixer.profiles import Profile, get_profile, served_profiles, with_optimisation_overrides
 from faceanonymixer.service.auth import Authenticator, server_credentials
+from faceanonymixer.service.handlers import tolerant_handler
 from faceanonymixer.service.logs import configure_json_logging
 from faceanonymixer.service.metrics import ServiceMetrics
-from faceanonymixer.service.servicers import CallGuard, KeyServicer, ProtectionServicer
+from faceanonymixer.service.servicers import (
+    CallGuard,
+    KeyServicer,
+    ProtectionServicer,
+    decode_executor,
+    keystore_executor,
+)
 from faceanonymixer.service.settings import ServiceSettings, SettingsError, split_address
+from faceanonymixer.service.usage import UsageRecorder
 from faceanonymixer.service.workers import EnginePool
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
+from faceanonymixer.v1 import keys_pb2, protection_pb2
 
 log = logging.getLogger("faceanonymixer.service")
 
@@ -41,13 +50,19 @@ SERVICE_NAMES = (
 )
 
 
-def engine_factory(settings: ServiceSettings) -> Callable[[], ProtectionEngine]:
-    """Checks the profile and overrides now, so that a typo fails start-up, not the first call."""
-    profile = get_profile(settings.profile)
-    try:
-        optimisation = profile.optimisation.with_overrides(**settings.optimisation)
-    except (TypeError, ValueError) as error:
-        raise SettingsError(f"invalid configuration: optimisation: {error}") from None
+def engine_factory(
+    settings: ServiceSettings, profile: Profile | None = None
+) -> Callable[[], ProtectionEngine]:
+    """Checks the profile and overrides now, so that a typo fails start-up, not the first call.
+
+    ``profile``: an archived revision to build instead of the configured one (served as it was:
+    the configured ``optimisation`` overrides apply to the current revision only)."""
+    if profile is None:
+        try:
+            profile = with_optimisation_overrides(get_profile(settings.profile), settings.optimisation)
+        except (TypeError, ValueError) as error:
+            raise SettingsError(f"invalid configuration: optimisation: {error}") from None
+    chosen = profile
 
     def build() -> ProtectionEngine:
         from faceanonymixer.alignment import FaceAligner
@@ -56,8 +71,8 @@ def engine_factory(settings: ServiceSettings) -> Callable[[], ProtectionEngine]:
         device = settings.device or default_device()
         aligner = FaceAligner(multiple_faces=settings.multiple_faces)
         return ProtectionEngine(
-            profile,
-            optimisation=optimisation,
+            chosen,
+            optimisation=chosen.optimisation,
             device=device,
             aligner=aligner,
             runtime=settings.runtime,
@@ -67,12 +82,21 @@ def engine_factory(settings: ServiceSettings) -> Callable[[], ProtectionEngine]:
     return build
 
 
-async def serve(settings: ServiceSettings, kek: KeyEncryptionKey) -> None:
-    """Run until SIGTERM or SIGINT. Raises typed errors for anything that stops start-up."""
+def served_revisions(settings: ServiceSettings) -> dict[str, Profile]:
+    """Revision -> profile of every revision this server serves; the first is the current one."""
+    current = with_optimisation_overrides(get_profile(settings.profile), settings.optimisation)
+    return served_profiles(current, archived=settings.archived_revisions)
+
+
+async def serve(settings: ServiceSettings, kek: KeyEncryptionKey | KeyRing) -> None:
+    """Run until SIGTERM or SIGINT. Raises typed errors for anything that stops start-up.
+
+    ``kek``: the current KEK; the files of ``FACEANONYMIXER_ADDITIONAL_KEK_FILES`` join it in the
+    keyring (a rotation in progress)."""
     configure_json_logging(settings.log_level)
     settings.check_safe_to_serve()
     build_engine = engine_factory(settings)
-    store = KeyStore.open(settings.keystore, kek)
+    store = KeyStore.open(settings.keystore, KeyRing.with_additional_from_env(kek))
     try:
         await _serve_with(settings, store, build_engine)
     finally:
@@ -81,7 +105,7 @@ async def serve(settings: ServiceSettings, kek: KeyEncryptionKey) -> None:
 
 @contextmanager
 def run_in_background(
-    settings: ServiceSettings, kek: KeyEncryptionKey, *, start_timeout: float = 300.0
+    settings: ServiceSettings, kek: KeyEncryptionKey | KeyRing, *, start_timeout: float = 300.0
 ) -> Iterator[str]:
     """Serve in a background thread of this process; yields the bound address once health says
     SERVING, and stops gracefully (``shutdown_grace_seconds``) when the block ends.
@@ -149,11 +173,21 @@ async def _serve_with(
     """Serve until ``stop`` is set; without one, until SIGTERM or SIGINT (main thread only).
     ``on_serving`` is called with the bound address once health says SERVING."""
     metrics = ServiceMetrics()
+    revisions = served_revisions(settings)
+    current_revision = next(iter(revisions))
+    tenants = set(settings.tokens.values())
     pool = EnginePool(
         build_engine,
         workers=settings.workers,
         queue_size=settings.queue_size,
         threads=settings.threads,
+        queue_megapixels=settings.queue_megapixels,
+        tenant_share=settings.tenant_queue_share if len(tenants) > 1 else 1.0,
+        revision_factories={
+            revision: engine_factory(settings, profile)
+            for revision, profile in revisions.items()
+            if revision != current_revision
+        },
     )
     metrics.watch(lambda: pool.queue_depth, lambda: pool.busy_workers)
     limits = [
@@ -161,11 +195,25 @@ async def _serve_with(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
     ]
     server = grpc.aio.server(options=limits)
-    guard = CallGuard(Authenticator(settings.tokens), metrics)
-    protection_pb2_grpc.add_ProtectionServiceServicer_to_server(
-        ProtectionServicer(settings, store, pool, guard), server
+    usage = UsageRecorder()
+    guard = CallGuard(Authenticator(settings.tokens), metrics, usage)
+    key_calls, probes = keystore_executor(settings), decode_executor(settings)
+    protection = ProtectionServicer(
+        settings,
+        store,
+        pool,
+        guard,
+        key_calls=key_calls,
+        probes=probes,
+        profiles=revisions,
     )
-    keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(settings, store, guard), server)
+    keys = KeyServicer(settings, store, guard, key_calls=key_calls)
+    server.add_generic_rpc_handlers(
+        (
+            tolerant_handler(protection, protection_pb2, "ProtectionService"),
+            tolerant_handler(keys, keys_pb2, "KeyService"),
+        )
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -194,6 +242,11 @@ async def _serve_with(
     await server.start()
     if not guard.authenticator.enabled:
         log.warning("authentication is off: no bearer tokens configured (loopback only)")
+    if settings.insecure_tokens:  # only with allow_insecure_tokens (check_safe_to_serve)
+        log.warning(
+            "bearer tokens travel in plaintext: no TLS on a non-loopback address (allow_insecure_tokens)",
+            extra={"fields": {"address": address}},
+        )
     log.info(
         "listening",
         extra={
@@ -207,6 +260,7 @@ async def _serve_with(
     if settings.metrics_listen:
         metrics_port = metrics.serve(settings.metrics_listen)
         log.info("metrics", extra={"fields": {"port": metrics_port}})
+    auditing = asyncio.ensure_future(usage.run(store, key_calls, settings.audit_use_interval_seconds))
     try:
         pool.start()
         loading = asyncio.ensure_future(pool.wait_ready())
@@ -225,6 +279,7 @@ async def _serve_with(
                 extra={
                     "fields": {
                         "profile": settings.profile,
+                        "revisions": list(revisions),
                         "workers": settings.workers,
                         "queue_size": settings.queue_size,
                     }
@@ -240,6 +295,12 @@ async def _serve_with(
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_seconds)
         await asyncio.to_thread(pool.stop, settings.shutdown_grace_seconds)
+        auditing.cancel()
+        with suppress(asyncio.CancelledError):
+            await auditing
+        await usage.flush(store, key_calls)  # the last interval's key use
+        key_calls.shutdown(wait=True)
+        probes.shutdown(wait=False)
         log.info("stopped")
 
 

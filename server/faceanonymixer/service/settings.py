@@ -6,14 +6,18 @@ command-line flags, each overriding the one before.
     listen = "0.0.0.0:50051"
     keystore = "postgresql://faceanonymixer@db/keys"
     workers = 2
-    queue_size = 8
+    queue_size = 16                 # photos waiting for a worker, all tenants together
+    max_request_megapixels = 160    # the pixel budget of one call
     metrics_listen = "0.0.0.0:9090"
+    tls_cert_file = "/etc/faceanonymixer/tls.crt"   # tokens off loopback need TLS
+    tls_key_file = "/etc/faceanonymixer/tls.key"
 
     [tokens]            # bearer token -> tenant
     "s3cr3t-token" = "acme"
 
-The key-encryption key is never in the file: ``FACEANONYMIXER_KEK_FILE`` (a file of 32 bytes) or
-``FACEANONYMIXER_KEK`` (base64) in the environment.
+The key-encryption key is never in the file: ``FACEANONYMIXER_KEK_FILE`` (a file of 32 bytes,
+not readable by other users) or ``FACEANONYMIXER_KEK`` (base64) in the environment, plus
+``FACEANONYMIXER_ADDITIONAL_KEK_FILES`` while a KEK rotation rolls out (docs/security.md).
 """
 
 from __future__ import annotations
@@ -70,7 +74,34 @@ class ServiceSettings(BaseSettings):
         1, ge=1, description="Engine worker threads; one engine (one copy of the models) each."
     )
     queue_size: int = Field(
-        8, ge=0, description="Requests that may wait for a worker before RESOURCE_EXHAUSTED."
+        16,
+        ge=0,
+        description="Photos that may wait for a worker, all calls together (a call costs its photos); "
+        "more: RESOURCE_EXHAUSTED QUEUE_FULL with RetryInfo.",
+    )
+    queue_megapixels: float = Field(
+        400.0,
+        gt=0,
+        description="Megapixels of decoded photos that may wait for a worker, all calls together.",
+    )
+    tenant_queue_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Most of queue_size and queue_megapixels one tenant may hold while several "
+        "tenants are configured; workers take tenants' calls in turn, by photos served.",
+    )
+    max_request_megapixels: float = Field(
+        160.0,
+        gt=0,
+        description="Pixel budget of one call: the decoded size of all its photos, in megapixels "
+        "(over it: RESOURCE_EXHAUSTED PIXEL_BUDGET, before any decoding).",
+    )
+    keystore_threads: int = Field(
+        4, ge=1, description="Threads of the key store's own executor (never shared with decoding)."
+    )
+    decode_threads: int = Field(
+        2, ge=1, description="Threads that read image headers; photos are decoded on the engine workers."
     )
     threads: int = Field(
         0,
@@ -87,6 +118,22 @@ class ServiceSettings(BaseSettings):
     reflection: bool = Field(False, description="Serve gRPC server reflection.")
     metrics_listen: str = Field("", description="HOST:PORT for Prometheus /metrics; empty: off.")
     tokens: dict[str, str] = Field(default_factory=dict, description="Bearer token -> tenant.")
+    allow_insecure_tokens: bool = Field(
+        False,
+        description="Accept bearer tokens in plaintext (no TLS) on a non-loopback address; "
+        "logged as a warning. Off: such a server refuses to start.",
+    )
+    archived_revisions: bool = Field(
+        True,
+        description="Also serve keys made under the profile's archived revisions "
+        "(profiles.ARCHIVED_PROFILES; their models load on first use).",
+    )
+    audit_use_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Key use is audited per key and outcome, one event per key per interval "
+        "(and at shutdown; a crash loses at most this much).",
+    )
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain of the server (enables TLS).")
     tls_key_file: Path | None = Field(None, description="PEM private key of the server.")
     tls_client_ca_file: Path | None = Field(
@@ -165,13 +212,26 @@ class ServiceSettings(BaseSettings):
     def auth_enabled(self) -> bool:
         return bool(self.tokens)
 
+    @property
+    def insecure_tokens(self) -> bool:
+        """Bearer tokens would travel in plaintext over a non-loopback network."""
+        host, _ = split_address(self.listen)
+        return self.auth_enabled and self.tls_cert_file is None and not is_loopback(host)
+
     def check_safe_to_serve(self) -> None:
-        """Without tokens, serve only on a loopback address."""
+        """Without tokens, serve only on a loopback address; with tokens off loopback, only with
+        TLS (or ``allow_insecure_tokens``)."""
         host, _ = split_address(self.listen)
         if not self.auth_enabled and not is_loopback(host):
             raise SettingsError(
                 f"refusing to serve on {self.listen} without authentication: configure bearer tokens "
                 "(FACEANONYMIXER_TOKENS or [tokens] in the config file) or listen on a loopback address"
+            )
+        if self.insecure_tokens and not self.allow_insecure_tokens:
+            raise SettingsError(
+                f"refusing to serve bearer tokens in plaintext on {self.listen}: configure TLS "
+                "(tls_cert_file, tls_key_file), listen on a loopback address, or set "
+                "allow_insecure_tokens = true if a TLS proxy in front of the server encrypts them"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError("TLS needs both tls_cert_file and tls_key_file")

@@ -7,7 +7,7 @@ on); bad fields add a ``BadRequest`` field violation, a full queue a ``RetryInfo
 from __future__ import annotations
 
 import math
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -27,7 +27,10 @@ from faceanonymixer.errors import (
     ProfileMismatchError,
     ProtectionCancelledError,
 )
+from faceanonymixer.keystore.integrity import KeyIntegrityError
 from faceanonymixer_client.errors import DOMAIN, Reason
+
+E = TypeVar("E", bound=BaseException)
 
 
 class ServiceError(Exception):
@@ -84,17 +87,38 @@ def status_for(error: BaseException) -> status_pb2.Status:
     if isinstance(error, KeyRevokedError):
         return rich_status(code_pb2.FAILED_PRECONDITION, str(error), Reason.KEY_REVOKED)
     if isinstance(error, ProfileMismatchError):
-        return rich_status(code_pb2.FAILED_PRECONDITION, str(error), Reason.PROFILE_MISMATCH)
+        metadata = {k: str(v) for k, v in getattr(error, "metadata", {}).items()}
+        return rich_status(
+            code_pb2.FAILED_PRECONDITION, str(error), Reason.PROFILE_MISMATCH, metadata=metadata
+        )
     if isinstance(error, KeyAccessDeniedError):
         return rich_status(code_pb2.PERMISSION_DENIED, str(error), Reason.KEY_ACCESS_DENIED)
     if isinstance(error, InvalidKeyError):
         return rich_status(code_pb2.INVALID_ARGUMENT, str(error), Reason.INVALID_ARGUMENT, field="key_id")
+    if isinstance(error, KeyIntegrityError):  # tampering: the details are for the log, not the caller
+        return rich_status(code_pb2.INTERNAL, "internal error", Reason.INTERNAL)
     if isinstance(error, KeyStoreError):  # the database went away: worth a retry; details stay in the log
         message = "the key store is unavailable"
         return rich_status(code_pb2.UNAVAILABLE, message, Reason.KEY_STORE_UNAVAILABLE, retry_after=1.0)
     if isinstance(error, ProtectionCancelledError):
         return rich_status(code_pb2.CANCELLED, str(error), Reason.CANCELLED)
     return rich_status(code_pb2.INTERNAL, "internal error", Reason.INTERNAL)
+
+
+def without_frames(error: E) -> E:
+    """``error`` without its traceback, nor any chained error's: a kept error (a per-photo outcome,
+    a job's result) must not keep the frames it was raised through alive, with the photos they
+    hold, until a full garbage collection. Returns ``error``."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [error]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        stack.extend(chained for chained in (current.__cause__, current.__context__) if chained is not None)
+    return error
 
 
 async def abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> NoReturn:
