@@ -31,6 +31,7 @@ def kek_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh key-encryption key (32 random bytes) in a file, for the servers of one module."""
     path = tmp_path_factory.mktemp("kek") / "kek.bin"
     path.write_bytes(os.urandom(32))
+    path.chmod(0o600)  # a KEK file other users can read is refused
     return path
 
 

@@ -53,6 +53,7 @@ class ServerProcess:
     def __init__(self, workdir: Path, kek_file: Path, settings: dict[str, Any]) -> None:
         self.workdir = workdir
         self.kek_file = kek_file
+        kek_file.chmod(0o600)  # the server refuses a KEK file other users can read
         self.settings = {"listen": "127.0.0.1:0", "optimisation": FAST_OPTIMISATION, **settings}
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -115,6 +116,14 @@ class ServerProcess:
         assert self.process is not None
         self.process.kill()
         self.process.wait()
+
+    def rss_mib(self) -> float:
+        """Resident memory (VmRSS) of the running server now."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("VmRSS not found")
 
     def peak_rss_mib(self) -> float:
         """Peak resident memory (VmHWM) of the running server."""

@@ -141,6 +141,7 @@ def ray_app(
     workdir = tmp_path_factory.mktemp("ray")
     kek_file = workdir / "kek.bin"
     kek_file.write_bytes(os.urandom(32))
+    kek_file.chmod(0o600)  # a KEK file other users can read is refused
     config = write_config(
         workdir / "server.toml",
         {

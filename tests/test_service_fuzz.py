@@ -66,6 +66,7 @@ FUZZ_TESTS = frozenset(
         "list_keys",
         "batches",
         "no_face",
+        "malformed",
     }
 )
 
@@ -296,8 +297,10 @@ def check_status(status: status_pb2.Status, expect: Expect, what: str) -> None:
     assert info is not None, f"{what}: no ErrorInfo in {status}"
     assert (info.domain, info.reason) == (DOMAIN, expect.reason), f"{what}: {info}"
     if expect.code == grpc.StatusCode.INVALID_ARGUMENT:
-        assert expect.field is not None
-        assert fields == [expect.field], f"{what}: field violations {fields}, expected {expect.field!r}"
+        # a request that does not parse has no field to blame; every other one names its field
+        expected_fields = [] if expect.reason == "MALFORMED_REQUEST" else [expect.field]
+        assert expect.field is not None or not expected_fields
+        assert fields == expected_fields, f"{what}: field violations {fields}, expected {expect.field!r}"
 
 
 def check_refused(env: FuzzEnv, call: Callable[[], Any], expect: Expect, what: str) -> None:
@@ -324,6 +327,7 @@ def env(faces_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     workdir = tmp_path_factory.mktemp("fuzz")
     kek_file = workdir / "kek.bin"
     kek_file.write_bytes(os.urandom(32))
+    kek_file.chmod(0o600)
     kek = KeyEncryptionKey.from_file(kek_file)
     server = ServerProcess(
         workdir,
@@ -335,6 +339,7 @@ def env(faces_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "queue_size": 8,
             "max_images_per_request": MAX_IMAGES,
             "max_output_size": MAX_OUTPUT,
+            "metrics_listen": "127.0.0.1:0",
         },
     )
     face_jpeg = (faces_root / "fr_examples" / "kit_harington" / "john2.jpeg").read_bytes()
@@ -760,6 +765,77 @@ def test_photos_without_a_face_are_failed_preconditions(env: FuzzEnv, case: Imag
         case.what,
     )
     env.completed.add("no_face")
+
+
+# ---- bytes that are not a request message ---------------------------------------------------------
+
+#: (method path, server streaming, request class) of every method
+METHODS = [
+    ("/faceanonymixer.v1.ProtectionService/ProtectFace", False, protection_pb2.ProtectFaceRequest),
+    ("/faceanonymixer.v1.ProtectionService/ProtectFaces", True, protection_pb2.ProtectFacesRequest),
+    ("/faceanonymixer.v1.KeyService/CreateKey", False, keys_pb2.CreateKeyRequest),
+    ("/faceanonymixer.v1.KeyService/RevokeKey", False, keys_pb2.RevokeKeyRequest),
+    ("/faceanonymixer.v1.KeyService/GetKey", False, keys_pb2.GetKeyRequest),
+    ("/faceanonymixer.v1.KeyService/ListKeys", False, keys_pb2.ListKeysRequest),
+]
+#: a truncated varint, a field of length 5 holding 2 bytes, field number 0, a string field
+#: holding invalid UTF-8, a group that never ends
+KNOWN_BAD = [b"\xff", b"\x0a\x05ab", b"\x00\x01", b"\x0a\x02\xff\xfe", b"\x12\x02\xff\xfe", b"\x0b"]
+MALFORMED = Expect(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+
+
+def parses(message: Any, data: bytes) -> bool:
+    try:
+        message.FromString(data)
+    except Exception:
+        return False
+    return True
+
+
+def send_raw(env: FuzzEnv, path: str, streaming: bool, data: bytes) -> Any:
+    """Bytes as they are, past the client's serializer."""
+    if streaming:
+        return list(env.channel.unary_stream(path)(data, metadata=ONE, timeout=CALL_TIMEOUT))
+    return env.channel.unary_unary(path)(data, metadata=ONE, timeout=CALL_TIMEOUT)
+
+
+@settings(FUZZ, max_examples=60)
+@given(data=st.data())
+def test_malformed_protobuf_bytes_are_invalid_arguments(env: FuzzEnv, data: st.DataObject) -> None:
+    path, streaming, message = data.draw(st.sampled_from(METHODS))
+    raw = data.draw(st.one_of(st.sampled_from(KNOWN_BAD), st.binary(min_size=1, max_size=48)))
+    assume(not parses(message, raw))
+    check_refused(env, lambda: send_raw(env, path, streaming, raw), MALFORMED, f"{path} {raw!r}")
+    env.completed.add("malformed")
+
+
+def test_malformed_requests_are_counted_and_logged(env: FuzzEnv) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    [port] = [entry["port"] for entry in env.server.events() if entry.get("event") == "metrics"]
+
+    def invalid_calls() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        return {
+            sample.labels["method"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "faceanonymixer_calls_total" and sample.labels["code"] == "INVALID_ARGUMENT"
+        }
+
+    def logged() -> int:
+        return sum(entry.get("reason") == "MALFORMED_REQUEST" for entry in env.server.events())
+
+    before, lines = invalid_calls(), logged()
+    for path, streaming, _ in METHODS[:3]:
+        check_refused(env, lambda p=path, s=streaming: send_raw(env, p, s, b"\xff"), MALFORMED, path)
+    after = invalid_calls()
+    for method in ("ProtectFace", "ProtectFaces", "CreateKey"):
+        assert after.get(method, 0) - before.get(method, 0) == 1, (method, before, after)
+    assert logged() - lines == 3
 
 
 # ---- afterwards -----------------------------------------------------------------------------------
