@@ -260,25 +260,27 @@ def test_work_queued_under_a_key_revoked_on_another_server_is_refused(
     photo = (faces_root / "fr_examples" / "kit_harington" / "john2.jpeg").read_bytes()
     server_x = ServerProcess(tmp_path, kek_file, {**common, "metrics_listen": "127.0.0.1:0"})
     server_y = ServerProcess(tmp_path, kek_file, common)
-    with server_x.running(), server_y.running():
-        with stubs(server_y.address) as (_, keys_y, _), stubs(server_x.address) as (protection_x, _, _):
-            key = keys_y.CreateKey(keys_pb2.CreateKeyRequest(subject="revoked-while-queued"), timeout=60).key
-            request = protection_pb2.ProtectFaceRequest(image=photo, key_id=key.key_id)
-            calls = [protection_x.ProtectFace.future(request, timeout=CALL_TIMEOUT) for _ in range(5)]
-            [port] = [entry["port"] for entry in server_x.events() if entry.get("event") == "metrics"]
-            assert wait_busy(port), "no protection started on server X"
-            revoked_at = time.monotonic()
-            keys_y.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=key.key_id), timeout=60)
-            outcomes = []
-            for call in calls:
-                try:
-                    call.result()
-                    outcomes.append(("OK", 0.0))
-                except grpc.RpcError as error:
-                    assert isinstance(error, grpc.Call)
-                    outcomes.append(
-                        (f"{error.code().name} {error_reason(error)}", time.monotonic() - revoked_at)
-                    )
+    with (
+        server_x.running(),
+        server_y.running(),
+        stubs(server_y.address) as (_, keys_y, _),
+        stubs(server_x.address) as (protection_x, _, _),
+    ):
+        key = keys_y.CreateKey(keys_pb2.CreateKeyRequest(subject="revoked-while-queued"), timeout=60).key
+        request = protection_pb2.ProtectFaceRequest(image=photo, key_id=key.key_id)
+        calls = [protection_x.ProtectFace.future(request, timeout=CALL_TIMEOUT) for _ in range(5)]
+        [port] = [entry["port"] for entry in server_x.events() if entry.get("event") == "metrics"]
+        assert wait_busy(port), "no protection started on server X"
+        revoked_at = time.monotonic()
+        keys_y.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=key.key_id), timeout=60)
+        outcomes = []
+        for call in calls:
+            try:
+                call.result()
+                outcomes.append(("OK", 0.0))
+            except grpc.RpcError as error:
+                assert isinstance(error, grpc.Call)
+                outcomes.append((f"{error.code().name} {error_reason(error)}", time.monotonic() - revoked_at))
     print(f"\nafter the revocation on Y, the 5 calls on X: {outcomes}")
     assert [outcome for outcome, _ in outcomes] == ["FAILED_PRECONDITION KEY_REVOKED"] * 5
 
