@@ -766,8 +766,12 @@ def test_keys_record_their_profile_revision(store: KeyStore) -> None:
     _, replacement = store.revoke_key(owner, old.key_id, actor=ACTOR)
     assert replacement.profile_revision == "0123456789abcdef"  # the same models as the key it replaces
     store.key_for_use(owner, record.key_id, profile="embedded", revisions={current})
+    # a server revokes into its current revision: the replacement's faces are enrolled anew
+    _, moved = store.revoke_key(owner, replacement.key_id, actor=ACTOR, revisions={"embedded": current})
+    assert moved.profile_revision == current
+    store.key_for_use(owner, moved.key_id, profile="embedded", revisions={current})
     with pytest.raises(ProfileMismatchError) as caught:
-        store.key_for_use(owner, replacement.key_id, profile="embedded", revisions={current})
+        store.key_for_use(owner, other_revision(store, owner), profile="embedded", revisions={current})
     assert "0123456789abcdef" in str(caught.value) and current in str(caught.value)
     assert caught.value.metadata == {
         "key_profile": "embedded",
@@ -775,7 +779,16 @@ def test_keys_record_their_profile_revision(store: KeyStore) -> None:
         "server_revisions": current,
     }
     # served side by side: the old revision is accepted where the server serves it
-    store.key_for_use(owner, replacement.key_id, profile="embedded", revisions={current, "0123456789abcdef"})
+    store.key_for_use(
+        owner, other_revision(store, owner), profile="embedded", revisions={current, "0123456789abcdef"}
+    )
+
+
+def other_revision(store: KeyStore, owner: str) -> str:
+    """A new key of ``owner`` made under revision 0123456789abcdef."""
+    return store.create_key(
+        owner, "carol", profile_id="embedded", profile_revision="0123456789abcdef", actor=ACTOR
+    ).key_id
 
 
 def test_check_usable_follows_revocation(store: KeyStore) -> None:

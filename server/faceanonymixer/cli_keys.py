@@ -80,7 +80,9 @@ class KeyTarget:
                     default_revision=revision,
                     actor=actor,
                 ),
-                "RevokeKey": lambda request: key_operations.revoke_key(store, tenant, request, actor=actor),
+                "RevokeKey": lambda request: key_operations.revoke_key(
+                    store, tenant, request, actor=actor, revisions={settings.profile: revision}
+                ),
                 "GetKey": lambda request: key_operations.get_key(store, tenant, request),
                 "ListKeys": lambda request: key_operations.list_keys(store, tenant, request),
             }

@@ -291,10 +291,20 @@ class KeyStore:
             row = self._row(connection, tenant, key_id)
         return _record(row)
 
-    def revoke_key(self, tenant: str, key_id: str, *, actor: str) -> tuple[KeyRecord, KeyRecord]:
+    def revoke_key(
+        self,
+        tenant: str,
+        key_id: str,
+        *,
+        actor: str,
+        revisions: Mapping[str, str] | None = None,
+    ) -> tuple[KeyRecord, KeyRecord]:
         """Revoke a key and issue its replacement; returns (revoked key, replacement).
 
-        Revoking a key that is already revoked changes nothing and returns the same pair again.
+        The replacement is made under ``revisions[profile id]`` (the revoking server's current
+        revision of the key's profile: faces are enrolled again under a replacement anyway),
+        else under the revoked key's revision. Revoking a key that is already revoked changes
+        nothing and returns the same pair again.
         """
         tenant = _text(tenant, "tenant")
         actor = _text(actor, "actor")
@@ -318,7 +328,7 @@ class KeyStore:
                 "subject": row.subject,
                 "labels": row.labels,
                 "profile_id": row.profile_id,
-                "profile_revision": row.profile_revision,
+                "profile_revision": (revisions or {}).get(row.profile_id, row.profile_revision),
                 "created_at": now,
                 "revoked_at": None,
                 "replaces_key_id": key_id,

@@ -70,10 +70,17 @@ def create_key(
 
 
 def revoke_key(
-    store: KeyStore, tenant: str, request: keys_pb2.RevokeKeyRequest, *, actor: str
+    store: KeyStore,
+    tenant: str,
+    request: keys_pb2.RevokeKeyRequest,
+    *,
+    actor: str,
+    revisions: dict[str, str] | None = None,
 ) -> keys_pb2.RevokeKeyResponse:
+    """``revisions``: profile id -> the revision a replacement of a key of that profile is made
+    under (the server's current one)."""
     check_key_id(request.key_id)
-    revoked, replacement = store.revoke_key(tenant, request.key_id, actor=actor)
+    revoked, replacement = store.revoke_key(tenant, request.key_id, actor=actor, revisions=revisions)
     return keys_pb2.RevokeKeyResponse(
         revoked_key=key_message(revoked), replacement_key=key_message(replacement)
     )

@@ -518,7 +518,12 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         async with self.guard.call(context, "RevokeKey", request) as fields:
             tenant, fields["key_id"] = fields["tenant"], request.key_id[: key_operations.MAX_TEXT]
             reply = await self._in(
-                key_operations.revoke_key, self.store, tenant, request, actor=f"grpc:{tenant}"
+                key_operations.revoke_key,
+                self.store,
+                tenant,
+                request,
+                actor=f"grpc:{tenant}",
+                revisions={self.settings.profile: self.revision},
             )
             fields["replacement_key_id"] = reply.replacement_key.key_id
             return reply
