@@ -5,7 +5,8 @@
   decoded), repeated; prints the server's resident memory (VmRSS) after each response and its peak.
   The code before issue 39 went 430 MB -> 4.0, 6.1, 8.3 GB on this request.
 * ``isolation``: RevokeKey latency (create a key, revoke it, repeat) of tenant B, alone and while
-  tenant A uploads ProtectFaces calls of 16 real photos back to back; prints p50/p99 of each.
+  tenant A uploads ProtectFaces calls of 16 blank 40 MP PNGs (or real photos) back to back;
+  prints p50/p99 of each.
   Before issue 39, a 16-photo upload held another tenant's RevokeKey for 14 s (normally 3 ms).
 
     PYTHONPATH=server:client_sdk:export FACEANONYMIXER_THREADS=1 \\
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from PIL import Image
 
@@ -39,6 +41,12 @@ from faceanonymixer.v1 import keys_pb2, protection_pb2
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "fr_examples"
 TOKEN_A, TOKEN_B = "benchmark-token-tenant-a-0001", "benchmark-token-tenant-b-0002"
+
+
+def _sides(megapixels: float) -> tuple[int, int]:
+    """4:3 sides of a photo of ``megapixels``."""
+    width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+    return width, round(megapixels * 1e6 / width)
 
 
 def blank_png(width: int, height: int) -> bytes:
@@ -67,8 +75,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         }
         server = start(Path(folder), settings, args.server_pythonpath)
         try:
-            width = round((args.megapixels * 1e6 * 4 / 3) ** 0.5)
-            images = [blank_png(width, round(args.megapixels * 1e6 / width))] * 16  # 4:3, blank
+            images = [blank_png(*_sides(args.megapixels))] * 16
             with stubs(server.address) as (protection, keys, _):
                 key = keys.CreateKey(keys_pb2.CreateKeyRequest(subject="memory"), timeout=60).key
                 request = protection_pb2.ProtectFacesRequest(images=images, key_id=key.key_id)
@@ -90,13 +97,18 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def isolation(args: argparse.Namespace) -> dict[str, Any]:
-    photos = [path.read_bytes() for path in sorted(FACES.glob("*/*.jp*g"))]
-    uploads = (photos * 4)[:16]
+    if args.upload_megapixels:
+        uploads = [blank_png(*_sides(args.upload_megapixels))] * 16
+    else:
+        photos = [path.read_bytes() for path in sorted(FACES.glob("*/*.jp*g"))]
+        uploads = (photos * 4)[:16]
     with tempfile.TemporaryDirectory() as folder:
         settings = {
             "workers": 1,
             "threads": 1,
             "queue_size": 32,
+            "max_request_megapixels": 700,
+            "queue_megapixels": 1000,
             "tokens": {TOKEN_A: "tenant-a", TOKEN_B: "tenant-b"},
         }
         server = start(Path(folder), settings, args.server_pythonpath)
@@ -112,15 +124,20 @@ def isolation(args: argparse.Namespace) -> dict[str, Any]:
                     ).key
                     request = protection_pb2.ProtectFacesRequest(images=uploads, key_id=key.key_id)
                     while not busy_flag.is_set():
-                        list(protection.ProtectFaces(request, metadata=bearer(TOKEN_A), timeout=1800))
-                        uploaded[0] += 1
+                        try:
+                            list(protection.ProtectFaces(request, metadata=bearer(TOKEN_A), timeout=1800))
+                            uploaded[0] += 1
+                        except grpc.RpcError:  # the queue is full: try again
+                            time.sleep(0.5)
 
-            uploader = threading.Thread(target=upload)
-            uploader.start()
-            time.sleep(2.0)  # the first upload is being decoded and protected
+            uploaders = [threading.Thread(target=upload) for _ in range(args.uploaders)]
+            for uploader in uploaders:
+                uploader.start()
+            time.sleep(2.0)  # the first uploads are being decoded and protected
             loaded = revoke_latencies(server.address, args.seconds, stop=None)
             busy_flag.set()
-            uploader.join()
+            for uploader in uploaders:
+                uploader.join()
             result = {"idle": summary(idle), "under_upload": summary(loaded), "uploads_done": uploaded[0]}
             print(json.dumps(result, indent=2))
             return result
@@ -143,11 +160,14 @@ def revoke_latencies(address: str, seconds: float, stop: threading.Event | None)
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
-    values = np.percentile(seconds, [50, 99]) if seconds else [float("nan")] * 2
+    if not seconds:
+        return {"calls": 0}
+    p50, p99 = np.percentile(seconds, [50, 99])
     return {
         "calls": len(seconds),
-        "p50_ms": round(float(values[0]) * 1000, 1),
-        "p99_ms": round(float(values[1]) * 1000, 1),
+        "p50_ms": round(float(p50) * 1000, 1),
+        "p99_ms": round(float(p99) * 1000, 1),
+        "max_ms": round(max(seconds) * 1000, 1),
     }
 
 
@@ -159,6 +179,13 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, default=60.0, help="isolation: seconds of RevokeKey under load"
     )
+    parser.add_argument(
+        "--upload-megapixels",
+        type=float,
+        default=40.0,
+        help="isolation: tenant A uploads 16 blank PNGs of this size (0: 16 real photos)",
+    )
+    parser.add_argument("--uploaders", type=int, default=3, help="isolation: tenant A's concurrent uploads")
     parser.add_argument("--server-pythonpath", help="PYTHONPATH of the server process (another checkout)")
     args = parser.parse_args()
     result = memory(args) if args.what == "memory" else isolation(args)
