@@ -84,6 +84,9 @@ EXIT_CODES = {
     Reason.KEY_NOT_FOUND: 4,
     Reason.KEY_REVOKED: 4,
     Reason.PROFILE_MISMATCH: 4,
+    Reason.PIXEL_BUDGET: 2,
+    Reason.REPLY_TOO_LARGE: 2,
+    Reason.MALFORMED_REQUEST: 2,
     Reason.UNAUTHENTICATED: 5,
     Reason.KEY_ACCESS_DENIED: 5,
     Reason.QUEUE_FULL: 6,
@@ -764,8 +767,45 @@ def _profile_mismatch(request: pytest.FixtureRequest) -> Observed:
     main, photos, client = _main(request)
     kek = KeyEncryptionKey.from_file(request.getfixturevalue("kek_file"))
     with KeyStore.open(main.store_url, kek) as store:
-        record = store.create_key("default", "other profile", profile_id="a-later-profile", actor="test")
+        record = store.create_key(
+            "default", "other profile", profile_id="a-later-profile", profile_revision="0" * 16, actor="test"
+        )
     return Observed(raised(lambda: client.protect(photos.jpeg, record.key_id)), "PROFILE_MISMATCH")
+
+
+def _blank_png(megapixels: float) -> bytes:
+    width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, round(megapixels * 1e6 / width)), (200, 200, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _pixel_budget(request: pytest.FixtureRequest) -> Observed:
+    main, _, client = _main(request)
+    photos = [_blank_png(39.9)] * 5  # 200 megapixels in 5 small files: over the default budget of 160
+    return Observed(raised(lambda: client.protect_subject(photos, main.key_id)), "PIXEL_BUDGET")
+
+
+def _reply_too_large(request: pytest.FixtureRequest) -> Observed:
+    main, _, client = _main(request)
+    photo = _blank_png(12.0)  # pasted back as PNG: up to 36 MB, over the default 32 MiB
+    return Observed(
+        raised(lambda: client.protect(photo, main.key_id, paste_back=True, output_format="png")),
+        "REPLY_TOO_LARGE",
+    )
+
+
+def _malformed_request(request: pytest.FixtureRequest) -> Observed:
+    import grpc
+
+    from faceanonymixer_client.errors import error_from_rpc
+
+    main, _, _ = _main(request)
+    with grpc.insecure_channel(main.address) as channel:  # bytes as they are: no SDK sends these
+        call = channel.unary_unary("/faceanonymixer.v1.KeyService/GetKey")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\x0a\x05ab", timeout=CALL_TIMEOUT)
+    return Observed(error_from_rpc(caught.value), "MALFORMED_REQUEST")
 
 
 def _unauthenticated(request: pytest.FixtureRequest) -> Observed:
@@ -909,6 +949,9 @@ TRIGGERS: dict[Reason, Trigger] = {
     Reason.KEY_NOT_FOUND: _key_not_found,
     Reason.KEY_REVOKED: _key_revoked,
     Reason.PROFILE_MISMATCH: _profile_mismatch,
+    Reason.PIXEL_BUDGET: _pixel_budget,
+    Reason.REPLY_TOO_LARGE: _reply_too_large,
+    Reason.MALFORMED_REQUEST: _malformed_request,
     Reason.UNAUTHENTICATED: _unauthenticated,
     Reason.KEY_ACCESS_DENIED: _key_access_denied,
     Reason.QUEUE_FULL: _queue_full,
@@ -936,7 +979,8 @@ def test_every_row_of_the_error_table_is_raised_typed(
     assert error.code == row.code, (reason, error)
     assert error.reason == observed.reason, (reason, error)
     assert error.exit_code == EXIT_CODES[reason] == row.error.exit_code
-    assert error.retryable == (row.code.name in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"))
+    # worth retrying: the server is down or busy; not a request that is too large as it is
+    assert error.retryable == (row.code.name == "UNAVAILABLE" or reason == Reason.QUEUE_FULL)
     assert [violation.field for violation in error.field_violations] == observed.fields
     assert error.message and str(error).endswith(
         f"({', '.join(filter(None, (row.code.name, error.reason)))})"

@@ -300,6 +300,7 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServiceServicer):
             started = time.perf_counter()
             probes = await self._in(self.decode_executor, _probe_all, list(request.images), names)
             decode = (time.perf_counter() - started) / len(probes)
+            self._cost([probe for probe in probes if isinstance(probe, Probe)])  # the pixel budget
             refused: dict[int, status_pb2.Status] = {}
             usable: list[tuple[int, Probe]] = []
             for index, probe in enumerate(probes):

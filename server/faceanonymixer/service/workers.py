@@ -266,7 +266,7 @@ class EnginePool:
                     code_pb2.DEADLINE_EXCEEDED,
                     f"the deadline leaves too little time: this work has needed at least {needed:.1f} s",
                     Reason.DEADLINE_TOO_SHORT,
-                    metadata={"needed_seconds": f"{needed:.1f}"},
+                    metadata={"estimated_seconds": f"{needed:.3f}"},
                 )
             )
         with self._lock:
