@@ -1,4 +1,4 @@
-"""``faceanonymixer demo``, the README's main-job command, run for real as a subprocess.
+"""``faceanonymixer demo``, the first of README's two commands, run for real as a subprocess.
 
 Each demo runs once per module: with no arguments at all (the sample photo from scikit-image's
 wheel, an output folder it names itself) and on ``../shared/faces/deepface``. Both start the real
@@ -29,7 +29,7 @@ from faceanonymixer import demo as demo_module
 from faceanonymixer.demo import GRID_CELL, PersonRun, Photo, grid_size
 from faceanonymixer.errors import InvalidRequestError
 
-#: a demo run must finish well within this (the README promises under two minutes)
+#: a demo run must finish well within this (docs/demo.md: about 25 s for the sample on 2 cores)
 DEMO_TIMEOUT = 300
 #: Lower bounds of the three rates of the acceptance criterion, per run. Measured with random keys:
 #: one person's protected photos under one key lie 0.08-0.38 apart (all match: rate 1.0 in every

@@ -4,8 +4,8 @@ The service answers every refusal with a status code, an ``ErrorInfo`` (domain :
 stable :class:`Reason`), and where it applies a ``BadRequest`` field violation or a ``RetryInfo``.
 :func:`error_from_status` turns that into one exception class per row of the error table, so
 callers branch with ``except KeyRevokedError`` instead of comparing strings. This module is the
-single source of the table: the server's statuses, the CLI's exit codes and the README's error
-reference all come from it.
+single source of the table: the server's statuses, the CLI's exit codes and the error
+reference in docs/errors.md all come from it.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ class ProtectionEngine:
         self.precision = _autocast_dtype(precision, self.device)
         self.passes = _forward_passes(self, runtime, onnx_dir)
         # NHWC convolutions: tensor cores on CUDA, oneDNN instead of the slow im2col path on CPU
-        # (about 20% per step on one face on this machine; README, "Performance")
+        # (about 20% per step on one face on this machine; docs/decisions/2026-12-04-engine-loop-speedups.md)
         set_memory_format(self.generator, torch.channels_last)
         set_memory_format(self.recognizer, torch.channels_last)
         size = self.generator.image_size
