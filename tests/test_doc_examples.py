@@ -16,8 +16,9 @@ A block may carry one marker, an HTML comment on the line just before its fence:
   store and key-encryption key, and the profile's own settings (50 steps).
 
 Each block runs in a fresh folder holding the files examples name: ``photo.jpg``,
-``enroll1.jpg``, ``enroll2.jpg`` and ``probe.jpg`` (variations of NASA's public-domain astronaut
-portrait that ships with scikit-image, as the demo makes them), ``alice.key`` (32 bytes from
+``enroll1.jpg``, ``enroll2.jpg`` and ``probe.jpg`` (the demo's tighter crop of NASA's public-domain
+astronaut portrait that ships with scikit-image, its mirror image, a darker copy and a copy rotated
+8 degrees, as JPEG), ``alice.key`` (32 bytes from
 ``os.urandom``), and ``benchmarks/`` and ``scripts/`` of this checkout. ``faceanonymixer`` and
 ``python`` are this interpreter's. The one change made to an example: the loopback port 50051 is
 replaced by a free port (the test server's, for blocks with a server), so runs in parallel cannot
@@ -145,21 +146,24 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The files examples name, made once and copied into each example's folder."""
-    from PIL import Image
+    """The files examples name, made once and copied into each example's folder: the demo's
+    tighter crop of the astronaut portrait (the full photo also holds a face-like patch that
+    dlib's detector finds beside her face) and three variations of it, as JPEG."""
+    from PIL import Image, ImageOps
 
     from faceanonymixer.demo import sample_photos
 
     folder = tmp_path_factory.mktemp("prepared")
-    variations = {photo.name: photo.pixels for photo in sample_photos().photos}
-    names = {
-        "photo.jpg": "original",
-        "enroll1.jpg": "mirrored",
-        "enroll2.jpg": "darker",
-        "probe.jpg": "tighter-crop",
+    crop = next(photo for photo in sample_photos().photos if photo.name == "tighter-crop")
+    base = Image.fromarray(crop.pixels)
+    variations = {
+        "photo.jpg": base,
+        "enroll1.jpg": ImageOps.mirror(base),
+        "enroll2.jpg": base.point(lambda value: round(255 * (value / 255) ** 1.6)),  # darker
+        "probe.jpg": base.rotate(8, resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)),
     }
-    for name, variation in names.items():
-        Image.fromarray(variations[variation]).save(folder / name, quality=95)
+    for name, image in variations.items():
+        image.save(folder / name, quality=95)
     (folder / "alice.key").write_bytes(os.urandom(32))
     return folder
 
@@ -249,4 +253,5 @@ def test_example_runs(
     for name in ("benchmarks", "scripts"):
         (folder / name).symlink_to(REPO_ROOT / name)
     result = run(block, folder, environment, port)
+    print(f"--- {block.id}\n{result.stdout[-2000:]}")  # with -s: what the example printed
     assert result.returncode == 0, f"{block.id} failed (exit {result.returncode}):\n{result.stdout[-4000:]}"
