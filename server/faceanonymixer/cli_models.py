@@ -264,7 +264,7 @@ def list_command(
 
     Presence is a file check only; `models verify` hashes.
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.model_zoo import effective_pin, resolve_models_dir
 
         directory = resolve_models_dir(models_dir)
@@ -324,7 +324,7 @@ def pull_command(
     URLs are tried in the manifest's order (the authors' first, mirrors after). A file is renamed into
     place only after its size and SHA-256 match; wrong bytes are deleted. Exit 2 on any failure.
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.model_zoo import DownloadOptions, pull_models, resolve_models_dir
 
         directory = resolve_models_dir(models_dir)
@@ -387,7 +387,7 @@ def verify_command(
     listed as MISSING but does not fail). Named models, or --profile, must all be present. Exit 1
     on any required file missing, and on any file that is wrong or has no pin.
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.model_zoo import resolve_models_dir, verify_model
         from faceanonymixer.weights import committed_weights
 
