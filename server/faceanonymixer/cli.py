@@ -77,6 +77,10 @@ def demo(
     ] = None,
     max_people: Annotated[int, typer.Option(min=1, help="People to take from --images.")] = 4,
     max_images: Annotated[int, typer.Option(min=1, help="Photos per person from --images.")] = 3,
+    steps: Annotated[
+        int | None,
+        typer.Option(min=0, help="Optimisation steps (default: the profile's 50; fewer for a quick look)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table.")] = False,
     threads: ThreadsOption = None,
 ) -> None:
@@ -95,7 +99,7 @@ def demo(
         )
         target = prepare_out_dir(out)
         say = (lambda line: typer.echo(line, err=True)) if show_progress(as_json) else None
-        report = run_demo(photo_set, target, progress=say, threads=threads)
+        report = run_demo(photo_set, target, progress=say, threads=threads, steps=steps)
         emit(as_json, report.summary, lambda: report.render(sys.stdout))
 
 
