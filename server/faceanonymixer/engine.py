@@ -67,6 +67,8 @@ ATTRIBUTE_POOL = 16
 VIEW_SEED = 20250701
 
 StopCheck = Callable[[], bool]
+#: called after each optimisation step with (steps done, steps in all)
+StepCallback = Callable[[int, int], object]
 
 
 @dataclass
@@ -222,11 +224,13 @@ class ProtectionEngine:
         should_stop: StopCheck | None = None,
         keep_latents: bool = False,
         optimisation: OptimisationConfig | None = None,
+        on_step: StepCallback | None = None,
     ) -> list[list[ProtectionResult]]:
         """Protect every subject's photos; one optimisation batch for all of them.
 
         ``should_stop`` is called before every step; when it returns True the work stops with
-        :class:`ProtectionCancelledError` and nothing is returned. ``optimisation`` replaces the
+        :class:`ProtectionCancelledError` and nothing is returned. ``on_step`` hears of each
+        finished optimisation step (progress bars). ``optimisation`` replaces the
         engine's settings for this call (the evaluation's no-optimisation baseline uses it).
         """
         config = optimisation or self.config
@@ -266,7 +270,7 @@ class ProtectionEngine:
         target = torch.cat(targets)
 
         latent, trace = self._optimise(
-            real, synthetic_latents, target, original, owner, crops, composite, check, config
+            real, synthetic_latents, target, original, owner, crops, composite, check, config, on_step
         )
         optimised_at = time.perf_counter()
 
@@ -385,6 +389,7 @@ class ProtectionEngine:
         composite: Callable[[torch.Tensor], torch.Tensor],
         check: StopCheck,
         config: OptimisationConfig,
+        on_step: StepCallback | None = None,
     ) -> tuple[torch.Tensor, list[LossTrace]]:
         layout = self.generator.layout
         base = real.clone()
@@ -448,6 +453,8 @@ class ProtectionEngine:
             schedule.step()
             # kept on the device: reading them each step would stall a GPU's queue
             steps.append(torch.stack([per_face, anonymity, identity, attributes]).detach())
+            if on_step is not None:
+                on_step(step + 1, config.steps)
         values = torch.stack(steps).cpu().tolist() if steps else []  # (steps, 4, faces)
         for step in values:
             for index, trace in enumerate(traces):
