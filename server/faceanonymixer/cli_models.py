@@ -88,11 +88,21 @@ def train_generator_command(
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     max_real_photos: Annotated[int, typer.Option(min=1)] = 10_000,
+    start_from: Annotated[
+        str,
+        typer.Option(
+            help="Weights the training starts from: the DigiFace DCGAN as shipped (digiface-dcgan, "
+            "with the embedded encoder), or a committed generator with its encoder (lfw-dcgan)."
+        ),
+    ] = "digiface-dcgan",
+    name: Annotated[
+        str, typer.Option(help="Weights name of the result (files <name>.pt and <name>_encoder.pt).")
+    ] = LFW_GENERATOR_WEIGHTS_NAME,
     out_dir: Annotated[
         Path | None, typer.Option(help="Where the weights go (default: the committed weights).")
     ] = None,
 ) -> None:
-    """Fine-tune the DigiFace DCGAN and its encoder on real faces (CPU, deterministic for a seed).
+    """Fine-tune a DCGAN and its encoder on real faces (CPU, deterministic for a seed).
 
     Writes the generator and encoder weights once the last step is done (recorded in the committed
     manifest when written there); until then, each run continues from --checkpoint.
@@ -101,6 +111,7 @@ def train_generator_command(
         import torch
 
         from faceanonymixer.datasets import training_photos
+        from faceanonymixer.errors import InvalidRequestError
         from faceanonymixer.generators import DigiFaceGenerator
         from faceanonymixer.models.dcgan import load_digiface_dcgan, save_dcgan
         from faceanonymixer.models.latent_encoder import load_latent_encoder, save_latent_encoder
@@ -113,8 +124,17 @@ def train_generator_command(
         from faceanonymixer.weights import WEIGHTS_DIR, record_weights, weights_entry
 
         torch.manual_seed(seed)
-        generator = load_digiface_dcgan()
-        encoder = load_latent_encoder(weights_entry(ENCODER_WEIGHTS_NAME).path)
+        if start_from == "digiface-dcgan":
+            generator = load_digiface_dcgan()
+            encoder = load_latent_encoder(weights_entry(ENCODER_WEIGHTS_NAME).path)
+        elif start_from == LFW_GENERATOR_WEIGHTS_NAME:
+            generator = load_digiface_dcgan(weights_entry(start_from).path)
+            encoder = load_latent_encoder(weights_entry(LFW_ENCODER_WEIGHTS_NAME).path)
+        else:
+            raise InvalidRequestError(
+                f"--start-from is digiface-dcgan or {LFW_GENERATOR_WEIGHTS_NAME}, not {start_from!r}",
+                field="start_from",
+            )
         cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
         photos = training_photos(data, max_real_photos)
         faces = cached_training_faces(photos, DigiFaceGenerator(generator), cache)
@@ -128,18 +148,19 @@ def train_generator_command(
         target_dir = out_dir or WEIGHTS_DIR
         target_dir.mkdir(parents=True, exist_ok=True)
         command = _reproducing_command()
+        stem = name.replace("-", "_")
         written = {
-            LFW_GENERATOR_WEIGHTS_NAME: ("lfw_dcgan.pt", save_dcgan(generator, target_dir / "lfw_dcgan.pt")),
-            LFW_ENCODER_WEIGHTS_NAME: (
-                "lfw_dcgan_encoder.pt",
-                save_latent_encoder(encoder, target_dir / "lfw_dcgan_encoder.pt"),
+            name: (f"{stem}.pt", save_dcgan(generator, target_dir / f"{stem}.pt")),
+            f"{name}-encoder": (
+                f"{stem}_encoder.pt",
+                save_latent_encoder(encoder, target_dir / f"{stem}_encoder.pt"),
             ),
         }
-        for name, (file, sha256) in written.items():
+        for weights_name, (file, sha256) in written.items():
             if target_dir.resolve() == WEIGHTS_DIR.resolve():
-                record_weights(name, file, sha256, command)
+                record_weights(weights_name, file, sha256, command)
             typer.echo(f"{target_dir / file}  sha256 {sha256}")
-        for path in write_training_record(state, faces, target_dir, "lfw_dcgan"):
+        for path in write_training_record(state, faces, target_dir, stem):
             typer.echo(str(path))
 
 
