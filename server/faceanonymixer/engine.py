@@ -306,14 +306,23 @@ class ProtectionEngine:
         whose original embedding (the mean over its photos) is ``mean`` (1, dim)."""
         config = config or self.config
         centre = self.identity_centre
+        kept = config.kept_axes
+        target_axes = self._identity_axes(config.target_subspace, "target_subspace")
+        source_axes = self._identity_axes(config.source_axes, "source_axes")
         mapping = config.target_gain * key_target_map(
             key,
             self.profile.profile_id,
             mean.shape[1],
             config.target_rank,
-            self._identity_axes(config.target_subspace, "target_subspace"),
-            self._identity_axes(config.source_axes, "source_axes"),
-        ).to(self.device)
+            None if target_axes is None else target_axes[:, kept:],
+            None if source_axes is None else source_axes[:, kept:],
+        )
+        if kept:
+            # the group-level part of the identity stays as it is (kept_axes, profiles.py)
+            kept_part = self._identity_axes(kept, "kept_axes")
+            assert kept_part is not None
+            mapping = mapping + kept_part @ kept_part.T
+        mapping = mapping.to(self.device)
         target = target_identity(mean, centre, mapping)
         identity_code = None
         if self.identity_code_map is not None and config.synthetic_identity_weight > 0:

@@ -42,6 +42,10 @@ class OptimisationConfig:
     #: the key's map reads the photo's identity inside this many principal axes of real
     #: identities, where people differ more than one person's photos do; 0: all of it
     source_axes: int = 0
+    #: the target keeps the photo's identity along this many top principal axes as it is (where
+    #: groups differ: skin tone, gender, age) and the key rotates only the rest, so that a target
+    #: stays where faces like the photo's are, which the generator can render; 0: rotate it all
+    kept_axes: int = 0
     #: the key's face from the subject's identity inside this many principal axes of real
     #: identities (where a fitted code map gives the subject's part of it): the coarse part, which
     #: varies less between one person's photos than the whole; 0: the whole identity
@@ -80,6 +84,13 @@ class OptimisationConfig:
             raise ValueError("target_subspace must be 0 (the whole space) or at least target_rank")
         if self.source_axes and self.source_axes < self.target_rank:
             raise ValueError("source_axes must be 0 (the whole identity) or at least target_rank")
+        if self.kept_axes < 0:
+            raise ValueError("kept_axes must be 0 or a number of axes")
+        rotated = min(self.source_axes, self.target_subspace) - self.kept_axes
+        if self.kept_axes and not (self.source_axes and self.target_subspace and rotated >= self.target_rank):
+            raise ValueError(
+                "kept_axes needs source_axes and target_subspace, each at least kept_axes + target_rank"
+            )
         if self.early_stop_tolerance < 0 or self.early_stop_patience < 1:
             raise ValueError("early_stop_tolerance must not be negative, early_stop_patience at least 1")
 
