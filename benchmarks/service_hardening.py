@@ -37,7 +37,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from service_harness import ServerProcess, bearer, stubs
 
-from faceanonymixer.v1 import keys_pb2, protection_pb2
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "fr_examples"
 TOKEN_A, TOKEN_B = "benchmark-token-tenant-a-0001", "benchmark-token-tenant-b-0002"

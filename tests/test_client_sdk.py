@@ -1110,7 +1110,7 @@ def test_extra_metadata_travels_with_every_call() -> None:
 
     import grpc
 
-    from faceanonymixer.v1 import keys_pb2
+    from faceanonymixer_proto.v1 import keys_pb2
 
     seen: list[dict[str, str]] = []
 

@@ -33,7 +33,7 @@ from service_harness import FAST_OPTIMISATION, ServerProcess, error_reason, stub
 
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.profiles import get_profile, profile_revision, with_optimisation_overrides
-from faceanonymixer.v1 import keys_pb2, protection_pb2
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 from faceanonymixer_client.errors import error_from_rpc
 
 CALL_TIMEOUT = 180.0

@@ -439,7 +439,7 @@ def test_key_store_calls_do_not_wait_behind_image_work(tmp_path: Path) -> None:
     decoding used to run) is busy: key-store calls have an executor of their own."""
     from faceanonymixer.service.metrics import ServiceMetrics
     from faceanonymixer.service.servicers import CallGuard, KeyServicer
-    from faceanonymixer.v1 import keys_pb2
+    from faceanonymixer_proto.v1 import keys_pb2
 
     settings = ServiceSettings(keystore=f"sqlite:///{tmp_path / 'keys.db'}")
     store = KeyStore.open(settings.keystore, KeyEncryptionKey(os.urandom(32)))

@@ -49,7 +49,7 @@ from faceanonymixer.service.server import engine_factory
 from faceanonymixer.service.servicers import CallGuard, KeyServicer
 from faceanonymixer.service.settings import ServiceSettings, SettingsError
 from faceanonymixer.service.workers import EnginePool
-from faceanonymixer.v1 import keys_pb2, protection_pb2
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -60,8 +60,8 @@ APP_NAME = "faceanonymixer"
 DEPLOYMENT_NAME = "FaceAnonyMixer"
 #: Ray's proxy registers our services from these (``grpc_options.grpc_servicer_functions``)
 GRPC_SERVICER_FUNCTIONS = (
-    "faceanonymixer.v1.protection_pb2_grpc.add_ProtectionServiceServicer_to_server",
-    "faceanonymixer.v1.keys_pb2_grpc.add_KeyServiceServicer_to_server",
+    "faceanonymixer_proto.v1.protection_pb2_grpc.add_ProtectionServiceServicer_to_server",
+    "faceanonymixer_proto.v1.keys_pb2_grpc.add_KeyServiceServicer_to_server",
 )
 
 Request = TypeVar("Request")

@@ -40,7 +40,7 @@ from faceanonymixer.service.servicers import (
 from faceanonymixer.service.settings import ServiceSettings, SettingsError, split_address
 from faceanonymixer.service.usage import UsageRecorder
 from faceanonymixer.service.workers import EnginePool
-from faceanonymixer.v1 import keys_pb2, protection_pb2
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 log = logging.getLogger("faceanonymixer.service")
 

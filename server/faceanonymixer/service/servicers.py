@@ -63,7 +63,7 @@ from faceanonymixer.service.status import (
 )
 from faceanonymixer.service.usage import UsageRecorder
 from faceanonymixer.service.workers import Cost, DeadlineExceededError, EnginePool, Measure
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
 log = logging.getLogger("faceanonymixer.service")
 

@@ -1,0 +1,66 @@
+"""Profile revisions: a digest of what makes a profile's protected faces (no models loaded)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+from faceanonymixer import profiles
+from faceanonymixer.profiles import (
+    EMBEDDED,
+    FFHQ,
+    PROFILES,
+    profile_revision,
+    served_profiles,
+    with_optimisation_overrides,
+)
+
+
+def test_a_revision_is_16_hex_characters_and_stable() -> None:
+    for profile in PROFILES.values():
+        revision = profile_revision(profile)
+        assert re.fullmatch(r"[0-9a-f]{16}", revision) and profile_revision(profile) == revision
+    assert len({profile_revision(profile) for profile in PROFILES.values()}) == len(PROFILES)
+
+
+def test_settings_and_weights_change_the_revision() -> None:
+    base = profile_revision(EMBEDDED)
+    assert profile_revision(with_optimisation_overrides(EMBEDDED, {"steps": 49})) != base
+    assert (
+        profile_revision(with_optimisation_overrides(EMBEDDED, {"steps": EMBEDDED.optimisation.steps}))
+        == base
+    )
+    assert profile_revision(replace(EMBEDDED, output_size=128)) != base
+    assert profile_revision(replace(EMBEDDED, generator="digiface-dcgan")) != base
+
+
+def test_a_new_weight_file_changes_the_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faceanonymixer import weights
+
+    base = profile_revision(EMBEDDED)
+    committed = weights.committed_weights()
+
+    def retrained() -> dict[str, weights.CommittedWeights]:
+        entries = dict(committed)
+        entries["lfw-dcgan"] = replace(entries["lfw-dcgan"], sha256="0" * 64)
+        return entries
+
+    monkeypatch.setattr(weights, "committed_weights", retrained)
+    assert profile_revision(EMBEDDED) != base
+    assert profile_revision(FFHQ) == profile_revision(FFHQ)  # its weights are not committed ones
+
+
+def test_a_setting_added_later_counts_only_away_from_its_default() -> None:
+    document = profiles._optimisation_document(EMBEDDED.optimisation)
+    assert set(document) == profiles._FIRST_REVISION_SETTINGS  # kept_axes (later) at 0: left out
+    assert "kept_axes" not in profiles._FIRST_REVISION_SETTINGS
+
+
+def test_a_server_serves_its_revision_and_the_archived_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    older = with_optimisation_overrides(EMBEDDED, {"steps": 40})
+    monkeypatch.setattr(profiles, "ARCHIVED_PROFILES", (older, FFHQ))
+    served = served_profiles(EMBEDDED)
+    assert list(served) == [profile_revision(EMBEDDED), profile_revision(older)]  # FFHQ: another id
+    assert served_profiles(EMBEDDED, archived=False) == {profile_revision(EMBEDDED): EMBEDDED}
