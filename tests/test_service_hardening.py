@@ -33,8 +33,8 @@ from service_harness import FAST_OPTIMISATION, ServerProcess, error_reason, stub
 
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.profiles import get_profile, profile_revision, with_optimisation_overrides
-from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 from faceanonymixer_client.errors import error_from_rpc
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 CALL_TIMEOUT = 180.0
 #: the hardened server's limits

@@ -209,9 +209,10 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
         InvalidImageError,
     ),
     ErrorRow(
-        "a malformed request field (output size or format, page token, empty list)",
+        "a malformed request field (output size or format, page token, empty list), or bytes that are "
+        "not a request message (no field named)",
         grpc.StatusCode.INVALID_ARGUMENT,
-        (Reason.INVALID_ARGUMENT,),
+        (Reason.INVALID_ARGUMENT, Reason.MALFORMED_REQUEST),
         InvalidArgumentError,
     ),
     ErrorRow("no face in the image", grpc.StatusCode.FAILED_PRECONDITION, (Reason.NO_FACE,), NoFaceError),
@@ -241,12 +242,6 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         (Reason.PIXEL_BUDGET, Reason.REPLY_TOO_LARGE),
         RequestTooLargeError,
-    ),
-    ErrorRow(
-        "malformed protobuf bytes",
-        grpc.StatusCode.INVALID_ARGUMENT,
-        (Reason.MALFORMED_REQUEST,),
-        InvalidArgumentError,
     ),
     ErrorRow(
         "missing or unknown bearer token",
