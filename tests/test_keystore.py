@@ -657,16 +657,22 @@ def test_keys_db_is_created_readable_by_its_owner_only(tmp_path: Path, kek: KeyE
         assert sibling.stat().st_mode & 0o077 == 0, sibling
 
 
-def test_a_kek_file_other_users_can_read_is_refused(tmp_path: Path) -> None:
+def test_a_kek_file_others_can_read_is_flagged_and_one_they_can_write_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "kek.bin"
     path.write_bytes(KEK_BYTES)
-    for mode in (0o644, 0o604, 0o606):
+    for mode in (0o602, 0o606, 0o666):  # anyone could swap it
         path.chmod(mode)
-        with pytest.raises(KeyStoreError, match="accessible to other users"):
+        with pytest.raises(KeyStoreError, match="writable by other users"):
             KeyEncryptionKey.from_file(path)
-    for mode in (0o600, 0o400, 0o440, 0o640):  # the owner, or a group (Kubernetes fsGroup)
-        path.chmod(mode)
-        assert KeyEncryptionKey.from_file(path).kek_id == KeyEncryptionKey(KEK_BYTES).kek_id
+    for mode, loud in [(0o644, True), (0o604, True), (0o600, False), (0o400, False), (0o440, False)]:
+        path.chmod(mode)  # the owner, or a group (Kubernetes fsGroup): silent
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="faceanonymixer.keystore"):
+            assert KeyEncryptionKey.from_file(path).kek_id == KeyEncryptionKey(KEK_BYTES).kek_id
+        assert any("readable by other users" in r.getMessage() for r in caplog.records) == loud, oct(mode)
+        assert KEK_BYTES.hex() not in caplog.text
 
 
 # -- KEK rotation (defect 4) -------------------------------------------------------------------

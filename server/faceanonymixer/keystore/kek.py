@@ -7,8 +7,8 @@ the same way. Each KEK has a public id (:attr:`KeyEncryptionKey.kek_id`, an HMAC
 under it) recorded beside whatever it wraps, so a :class:`KeyRing` of several KEKs opens a store in
 the middle of a rotation.
 
-A KEK file must not be readable or writable by other users (mode ``o-rwx``): such a file is
-refused; a group-readable one (a Kubernetes secret with ``fsGroup``) is accepted.
+A KEK file writable by other users is refused; one readable by other users is accepted with a
+loud warning (``chmod 600`` it); group access (a Kubernetes secret with ``fsGroup``) is fine.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import stat
 import struct
@@ -30,6 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from faceanonymixer.errors import KeyStoreError
+
+log = logging.getLogger("faceanonymixer.keystore")
 
 KEK_BYTES = 32
 NONCE_BYTES = 12
@@ -95,7 +98,7 @@ class KeyEncryptionKey:
 
     @classmethod
     def from_file(cls, path: str | Path) -> KeyEncryptionKey:
-        """A file of exactly 32 raw bytes, not accessible to other users (group access is allowed)."""
+        """A file of exactly 32 raw bytes, not writable by other users (readable: a warning)."""
         path = Path(path)
         try:
             mode = path.stat().st_mode
@@ -103,10 +106,18 @@ class KeyEncryptionKey:
         except OSError as error:
             reason = error.strerror or type(error).__name__
             raise KeyStoreError(f"{path}: cannot read the key-encryption key file ({reason})") from None
-        if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IXOTH):
+        if mode & stat.S_IWOTH:  # anyone could swap the KEK: new keys would be wrapped under theirs
             raise KeyStoreError(
-                f"{path}: the key-encryption key file is accessible to other users "
-                f"(mode {stat.S_IMODE(mode):04o}); run `chmod o-rwx {path}` (0600 or 0400 is best)"
+                f"{path}: the key-encryption key file is writable by other users "
+                f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
+            )
+        if mode & (stat.S_IROTH | stat.S_IXOTH):
+            log.warning(
+                "WARNING: %s: the key-encryption key file is readable by other users (mode %04o): "
+                "anyone on this host who copies it and the key store has every key; run `chmod 600 %s`",
+                path,
+                stat.S_IMODE(mode),
+                path,
             )
         if len(data) != KEK_BYTES:
             raise KeyStoreError(
