@@ -629,9 +629,11 @@ def protect_on(server: ServerProcess, key_id: str, out: Path, image: Path) -> An
 
 
 def assert_cli_error(result: Any, exit_code: int, label: str) -> None:
+    """The exit code, and (``--json``) the error as JSON on stdout, its code or reason ``label``."""
     assert result.exit_code == exit_code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and label in lines[0], result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert label in (error["code"], error["reason"]) and error["message"], error
+    assert not result.stderr.strip(), result.stderr
 
 
 def test_cli_protect_exit_codes_against_a_server(
