@@ -5,8 +5,9 @@ Runs the protoc bundled with grpcio-tools over ``proto/faceanonymixer/v1/*.proto
 package ``__init__.py`` files) under the output folder, ``client_sdk`` by default: the stubs are
 their own import package, shipped with the light client distribution and imported by the server
 too. protoc names the Python package after the proto path (``faceanonymixer.v1``); the stubs'
-imports of each other are rewritten to ``faceanonymixer_proto.v1`` (the wire names, such as
-``/faceanonymixer.v1.KeyService/CreateKey``, do not change). The output depends only on the .proto
+imports of each other and their message classes' module names are rewritten to
+``faceanonymixer_proto.v1`` (the wire names, such as ``/faceanonymixer.v1.KeyService/CreateKey``,
+do not change). The output depends only on the .proto
 files and the pinned grpcio-tools version, so regenerating must give the committed files byte for
 byte (``tests/test_proto_stubs.py`` checks it)::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import importlib.util
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -31,9 +33,12 @@ PROTO_ROOT = REPO_ROOT / "proto"
 PACKAGE_DIR = Path("faceanonymixer") / "v1"
 #: the import package the stubs are written to, as a path below the output folder
 OUTPUT_DIR = Path("faceanonymixer_proto") / "v1"
-#: protoc's import of a sibling stub, and what it becomes
-PROTOC_IMPORT = "from faceanonymixer.v1 import "
-STUB_IMPORT = "from faceanonymixer_proto.v1 import "
+#: protoc's Python names of the stubs (imports of a sibling, the module name the message classes
+#: get, which pickling looks up), and what they become
+REWRITES = (
+    (re.compile(r"^from faceanonymixer\.v1 import ", re.MULTILINE), "from faceanonymixer_proto.v1 import "),
+    (re.compile(r"'faceanonymixer\.v1\.(\w+_pb2)'"), r"'faceanonymixer_proto.v1.\1'"),
+)
 #: generated files, by suffix; stale ones in the output package are removed before generating
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 INIT_TEXT = '''"""Generated wire types of the ``faceanonymixer.v1`` gRPC API (do not edit).
@@ -74,7 +79,9 @@ def generate(out: Path) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch:
         _protoc(Path(scratch), grpc_tools_include, protoc)
         for made in sorted((Path(scratch) / PACKAGE_DIR).iterdir()):
-            text = made.read_text(encoding="utf-8").replace(PROTOC_IMPORT, STUB_IMPORT)
+            text = made.read_text(encoding="utf-8")
+            for protoc_name, stub_name in REWRITES:
+                text = protoc_name.sub(stub_name, text)
             (package_out / made.name).write_text(text, encoding="utf-8")
     (package_out / "__init__.py").write_text(INIT_TEXT, encoding="utf-8")
     (package_out.parent / "__init__.py").write_text(ROOT_INIT_TEXT, encoding="utf-8")

@@ -141,3 +141,27 @@ def test_no_key_material_on_the_wire() -> None:
                 assert not any(word in field.name for word in ("secret", "material", "seed", "private")), (
                     f"{message.full_name}.{field.name} looks like key material"
                 )
+
+
+@pytest.mark.parametrize(
+    ("proto", "message"), [("keys", "CreateKeyRequest"), ("protection", "ProtectFaceRequest")]
+)
+def test_messages_pickle_under_their_own_module(proto: str, message: str) -> None:
+    # Ray Serve pickles requests between processes: a class naming protoc's module path
+    # (faceanonymixer.v1) instead of the stubs' package cannot be found again
+    import pickle
+
+    module = importlib.import_module(f"faceanonymixer_proto.v1.{proto}_pb2")
+    value = getattr(module, message)()
+    assert type(value).__module__ == module.__name__
+    assert pickle.loads(pickle.dumps(value)) == value
+
+
+@pytest.mark.parametrize(("proto", "service"), [("keys", "KeyService"), ("protection", "ProtectionService")])
+def test_the_servers_register_the_wire_names(proto: str, service: str) -> None:
+    # the stubs' Python package is faceanonymixer_proto; the services on the wire stay faceanonymixer.v1
+    import inspect
+
+    source = inspect.getsource(importlib.import_module(f"faceanonymixer_proto.v1.{proto}_pb2_grpc"))
+    assert f"'faceanonymixer.v1.{service}'" in source
+    assert "faceanonymixer_proto.v1." + service not in source

@@ -30,7 +30,7 @@ DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"faceanonymixer/v
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'faceanonymixer.v1.protection_pb2', _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'faceanonymixer_proto.v1.protection_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGEFORMAT']._serialized_start=1288
