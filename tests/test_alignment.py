@@ -228,6 +228,7 @@ def _apply_corners(aligned: AlignedFace) -> np.ndarray:
     return corners @ inverse[:, :2].T + inverse[:, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EVALUATION_SETS)
 def test_a_face_is_found_in_at_least_97_percent_of_each_set(
     aligner: FaceAligner, faces_root: Path, name: str

@@ -67,6 +67,9 @@ from faceanonymixer_client import (
 )
 from faceanonymixer_client.errors import ERROR_TABLE, ErrorRow, Reason
 
+#: the SDK against real server processes: slow, not in the quick loop
+pytestmark = pytest.mark.slow
+
 T = TypeVar("T")
 NO_RETRY = RetryPolicy(max_attempts=1)
 #: seconds any one call of a test may take (a busy 2-core machine included)

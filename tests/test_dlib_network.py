@@ -157,6 +157,7 @@ def test_gradients_reach_the_input_image(recognizer: torch.nn.Module, real_chips
     assert images.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_orl_verification_eer(recognizer: torch.nn.Module, faces_root: Path) -> None:
     """All pairs of ORL, Euclidean distance (also: python benchmarks/verification.py ../shared/faces/orl)."""
     from faceanonymixer import FaceAligner

@@ -39,6 +39,7 @@ def test_the_committed_generator_loads_only_with_its_sha256(trained_weights: Non
         load_digiface_dcgan(tampered, sha256=entry.sha256)
 
 
+@pytest.mark.slow
 def test_one_shared_key_keeps_a_person_together_and_people_apart(
     trained_weights: None, faces_root: Path
 ) -> None:

@@ -33,6 +33,9 @@ from faceanonymixer_export.manifest import MANIFEST, read_manifest
 from faceanonymixer_export.onnx_export import export_profile
 from faceanonymixer_export.runtime import OnnxExport, OnnxForwardPasses, available_providers
 
+#: exports and runs ONNX graphs of real and tiny models: slow, not in the quick loop
+pytestmark = pytest.mark.slow
+
 PHOTOS = ("obama/obama.jpg", "biden/biden.jpg", "kit_harington/john2.jpeg")
 KEY = ProtectionKey(bytes(range(32)))
 

@@ -291,6 +291,7 @@ def test_console_probe_of_nothing_exits_6() -> None:
 # ---- a real server ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_server_is_serving_once_started_and_unreachable_after_sigterm(
     weights: None, tmp_path: Path
 ) -> None:

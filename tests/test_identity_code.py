@@ -117,6 +117,7 @@ def test_fit_command_refuses_an_unknown_profile_and_a_missing_folder(tmp_path: P
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_fit_command_writes_a_loadable_map(faces_root: Path, tmp_path: Path) -> None:
     if committed_weights().get("lfw-dcgan") is None:
         pytest.skip("the embedded profile's generator is not committed (weights/manifest.json)")

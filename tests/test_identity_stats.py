@@ -97,6 +97,7 @@ def test_stats_command_refuses_a_missing_folder(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "is not a folder" in result.output
 
 
+@pytest.mark.slow
 def test_stats_command_writes_a_loadable_pair(faces_root: Path, tmp_path: Path) -> None:
     # a check of the command on a slice of the training photos, not a measurement
     data = str(faces_root / "lfw_train")

@@ -55,6 +55,9 @@ from faceanonymixer_client import (
 )
 from faceanonymixer_client import client as client_module
 
+#: a local Ray cluster with two replicas: slow, not in the quick loop
+pytestmark = pytest.mark.slow
+
 TOKEN = "ray-serve-test-token-of-acme"
 #: seconds any one SDK call may take on a busy 2-core machine
 CALL_TIMEOUT = 60.0

@@ -416,6 +416,7 @@ def insightface(facenet_judge: FaceNetJudge, photo_rgb: np.ndarray) -> FaceAnaly
 # ---- ProtectedRecognizer -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_wrapped_recognizer_gets_the_protected_photo_and_its_answer_is_returned(
     client: ProtectionClient, keys: Keys, photo_rgb: np.ndarray, reference: Reference
 ) -> None:
@@ -434,6 +435,7 @@ def test_a_wrapped_recognizer_gets_the_protected_photo_and_its_answer_is_returne
     assert_face_replaced(image, photo_rgb)
 
 
+@pytest.mark.slow
 def test_per_subject_keys_resolve_the_subject_and_protect_with_its_key(
     client: ProtectionClient, keys: Keys, photo_rgb: np.ndarray, reference: Reference
 ) -> None:
@@ -452,6 +454,7 @@ def test_per_subject_keys_resolve_the_subject_and_protect_with_its_key(
     assert (np.abs(as_alice.astype(np.int16) - as_bob).max(axis=2) > 16).mean() > 0.02
 
 
+@pytest.mark.slow
 def test_the_asyncio_recognizer_awaits_resolver_protection_and_recognizer(
     server: ServerProcess, keys: Keys, photo_rgb: np.ndarray, reference: Reference
 ) -> None:
@@ -477,6 +480,7 @@ def test_the_asyncio_recognizer_awaits_resolver_protection_and_recognizer(
 # ---- face_recognition ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_face_encodings_adapter_returns_the_encodings_of_the_protected_photo(
     client: ProtectionClient,
     keys: Keys,
@@ -497,6 +501,7 @@ def test_face_encodings_adapter_returns_the_encodings_of_the_protected_photo(
     np.testing.assert_array_equal(encodings[0], expected[0])
 
 
+@pytest.mark.slow
 def test_face_encodings_adapter_takes_face_locations_of_the_original_photo_and_a_subject(
     client: ProtectionClient,
     keys: Keys,
@@ -537,6 +542,7 @@ def deepface_input(kind: str, photo_rgb: np.ndarray, photo_path: Path, stack: li
     return handle
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bgr array", "path", "data uri", "file object"])
 def test_represent_adapter_protects_each_image_kind_and_hands_on_bgr(
     kind: str,
@@ -567,6 +573,7 @@ def test_represent_adapter_protects_each_image_kind_and_hands_on_bgr(
 # ---- InsightFace ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_face_analysis_adapter_returns_the_faces_of_the_protected_photo(
     client: ProtectionClient,
     keys: Keys,
@@ -617,6 +624,7 @@ def adapter(
     return lambda rgb: app.get(bgr(rgb)), calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_a_revoked_key_raises_key_revoked_from_the_adapter(
     name: str, client: ProtectionClient, keys: Keys, photo_rgb: np.ndarray
@@ -628,6 +636,7 @@ def test_a_revoked_key_raises_key_revoked_from_the_adapter(
     assert calls == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_a_face_less_image_raises_no_face_from_the_adapter(
     name: str, client: ProtectionClient, keys: Keys

@@ -34,6 +34,9 @@ from faceanonymixer.keystore import KeyEncryptionKey
 from faceanonymixer.keystore.key_ids import KeyIds
 from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
+#: real servers with tokens, TLS and mTLS: slow, not in the quick loop
+pytestmark = pytest.mark.slow
+
 TOKEN_ONE = "auth-test-token-of-tenant-one"
 TOKEN_TWO = "auth-test-token-of-tenant-two"
 TENANT_ONE, TENANT_TWO = "tenant1", "tenant2"

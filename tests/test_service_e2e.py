@@ -46,6 +46,9 @@ from faceanonymixer.profiles import get_profile
 from faceanonymixer_client.errors import error_from_status
 from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2
 
+#: real server processes on SQLite and PostgreSQL: slow, not in the quick loop
+pytestmark = pytest.mark.slow
+
 BACKENDS = ["sqlite", "postgresql"]
 #: seconds any one gRPC call may take (a protection on a busy 2-core machine included)
 CALL_TIMEOUT = 120.0

@@ -38,6 +38,9 @@ from faceanonymixer.keystore.key_ids import KeyIds
 from faceanonymixer.profiles import PROFILES
 from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
+#: fuzzes a real server: slow, not in the quick loop
+pytestmark = pytest.mark.slow
+
 TOKEN_ONE = "fuzz-token-of-tenant-one-0001"
 TOKEN_TWO = "fuzz-token-of-tenant-two-0002"
 TENANT_ONE, TENANT_TWO = "tenant-one", "tenant-two"

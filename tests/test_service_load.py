@@ -32,6 +32,9 @@ from service_harness import ServerProcess, bearer, error_reason, health_status, 
 
 from faceanonymixer_proto.v1 import keys_pb2, protection_pb2, protection_pb2_grpc
 
+#: concurrent load on a real server: slow, not in the quick loop
+pytestmark = pytest.mark.slow
+
 TOKEN = "load-test-token-0123456789"
 METADATA = bearer(TOKEN)
 THREADS = 16
