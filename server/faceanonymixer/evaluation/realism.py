@@ -157,8 +157,9 @@ def fid(x: np.ndarray, y: np.ndarray) -> float:
 
     mu_x, mu_y = x.mean(axis=0), y.mean(axis=0)
     sigma_x, sigma_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    root, _ = linalg.sqrtm(sigma_x @ sigma_y, disp=False)
-    return float(np.sum((mu_x - mu_y) ** 2) + np.trace(sigma_x + sigma_y - 2.0 * np.real(root)))
+    # the product's square root may come out with tiny imaginary parts from rounding
+    root = np.real(linalg.sqrtm(sigma_x @ sigma_y))
+    return float(np.sum((mu_x - mu_y) ** 2) + np.trace(sigma_x + sigma_y - 2.0 * root))
 
 
 # ---- the report ----------------------------------------------------------------------------------
