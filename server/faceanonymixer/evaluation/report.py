@@ -113,7 +113,10 @@ def evaluate(
         run = run_protection(config, progress=advance)
     if len({photo.label for photo in run.photos}) < 2:
         raise ValueError("fewer than two identities have an aligned face: nothing to measure")
-    note(f"judging: {len(run.photos)} photos protected, {len(run.failures)} skipped")
+    note(
+        f"judging: {len(run.photos)} photos protected, {len(run.failures)} skipped "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
     embeddings: dict[str, dict[str, np.ndarray]] = {}
     for judge in judges:
         with _progress_bar(len(run.photos) * (1 + len(run.settings)), judge.name, progress) as advance:
@@ -127,8 +130,10 @@ def evaluate(
         }
 
     skipped: list[dict[str, str]] = []
+    note(f"attributes: landmarks, pose, skin tone and classifiers ({time.perf_counter() - started:.0f} s)")
     attributes = _attributes(run, embeddings, skipped, progress, note)
     candidates = realism_split(run, config.seed)
+    note(f"realism: Inception features ({time.perf_counter() - started:.0f} s)")
     features = _realism_features(run, candidates, skipped, progress, note)
     every = np.ones(len(run.photos), dtype=bool)
 
