@@ -163,8 +163,7 @@ def worst_cells(
         candidates.append((f"attributes.{measure}", _getter("attributes", measure), higher_is_worse, None))
 
     worst: dict[str, dict[str, Any]] = {}
-    least = min(min_count, max((cell["count"] for cell in table.values()), default=0))
-    eligible = {name: cell for name, cell in table.items() if cell["count"] >= least}
+    eligible = {name: cell for name, cell in table.items() if cell["count"] >= min_count} or dict(table)
     for path, get, higher_is_worse, unprotected in candidates:
         values = [(name, get(cell)) for name, cell in eligible.items()]
         values = [(name, value) for name, value in values if value is not None]

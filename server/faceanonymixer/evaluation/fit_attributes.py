@@ -2,8 +2,9 @@
 
 Training data: UTKFace photos whose file names carry the labels (``utk_train``: one folder per
 photo; :func:`faceanonymixer.evaluation.labels.utk_labels`), adults only (16 and over, the age
-groups' range). Each photo is embedded by the ``facenet`` judge (MTCNN + FaceNet, as the
-evaluation embeds every photo); photos where MTCNN finds no face are left out and counted. The
+groups' range). Each photo is read as the evaluation reads every photo
+(:class:`~faceanonymixer.evaluation.attributes.FaceReader`: FaceNet on dlib's aligned chip);
+photos where dlib finds no face are left out and counted. The
 classifiers are judges: nothing here ever reaches a loss. UTKFace's terms are non-commercial
 research, and so are the fitted coefficients.
 """
@@ -60,26 +61,34 @@ def embed_photos(
     photos: list[LabelledPhoto], *, cache: Path | None = None, progress: Callable[[int], object] | None = None
 ) -> np.ndarray:
     """(n, 512) FaceNet embeddings, NaN rows where no face was found; ``cache`` (an .npz keyed by
-    the photos' paths) is read when it matches and written otherwise, as embedding takes minutes."""
-    from faceanonymixer.evaluation.judges import FaceNetJudge
+    the photos' paths and the reading's method) is read when it matches and written otherwise, as
+    embedding takes minutes."""
+    from faceanonymixer.evaluation.attributes import FaceReader
     from faceanonymixer.evaluation.pairs import stack_embeddings
     from faceanonymixer.imageio import load_image
 
     names = np.array([str(photo.path) for photo in photos])
+    # a cache of another reading of the faces (another crop or network) must not be reused
+    method = np.array(f"facenet-chip-{FaceReader.CHIP_SIZE}-{FaceReader.CHIP_PADDING}")
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as stored:
-            if np.array_equal(stored["paths"], names):
+            if (
+                "method" in stored.files
+                and stored["method"] == method
+                and np.array_equal(stored["paths"], names)
+            ):
                 return np.asarray(stored["embeddings"])
-    judge = FaceNetJudge()
+    reader = FaceReader()
     found = []
     for photo in photos:
-        found.append(judge.embed(load_image(photo.path)))
+        reading = reader(load_image(photo.path))
+        found.append(reading.embedding if reading is not None else None)
         if progress is not None:
             progress(1)
     embeddings = stack_embeddings(found)
     if cache is not None:
         buffer = io.BytesIO()
-        np.savez(buffer, paths=names, embeddings=embeddings)
+        np.savez(buffer, paths=names, embeddings=embeddings, method=method)
         write_atomic(cache, buffer.getvalue())
     return embeddings
 

@@ -6,7 +6,7 @@ pooled, one cell), so that every table of the report comes from the same numbers
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 from faceanonymixer.evaluation.attributes import (
     AttributeClassifiers,
     FaceAttributes,
-    Landmarker,
+    FaceReader,
     attribute_summary,
     classifier_accuracy,
     committed_classifiers,
@@ -53,33 +53,18 @@ class AttributeData:
     run: ProtectionRun
 
 
-def facenet_rows(
-    run: ProtectionRun, settings: Sequence[str], progress: Progress | None
-) -> dict[str, np.ndarray]:
-    """FaceNet embeddings of the originals and ``settings``, for a run whose judges left it out."""
-    from faceanonymixer.evaluation.harness import judge_embeddings
-    from faceanonymixer.evaluation.judges import FaceNetJudge
-
-    embeddings = judge_embeddings(run, FaceNetJudge(), progress=progress, settings=settings)
-    return embeddings
-
-
 def measure_attributes(
-    run: ProtectionRun,
-    facenet: dict[str, np.ndarray],
-    *,
-    classifiers: AttributeClassifiers | None = None,
-    progress: Progress | None = None,
+    run: ProtectionRun, *, classifiers: AttributeClassifiers | None = None, progress: Progress | None = None
 ) -> AttributeData:
     """Landmarks, pose, ITA and the classifiers on the originals and the A and S photos."""
-    landmarker = Landmarker()
+    reader = FaceReader()
     chosen = classifiers or committed_classifiers()
 
     def measure(setting: str) -> FaceAttributes:
         images = [
             photo.original if setting == "original" else photo.protected.get(setting) for photo in run.photos
         ]
-        measured = measure_faces(images, facenet[setting], landmarker, chosen)
+        measured = measure_faces(images, reader, chosen)
         if progress is not None:
             progress(len(images))
         return measured
@@ -164,7 +149,6 @@ __all__ = [
     "AttributeData",
     "InceptionUnavailableError",
     "attribute_report",
-    "facenet_rows",
     "measure_attributes",
     "realism_features",
     "realism_for",

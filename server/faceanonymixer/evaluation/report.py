@@ -64,7 +64,6 @@ from faceanonymixer.evaluation.metrics import fmr_key
 from faceanonymixer.evaluation.quality import (
     AttributeData,
     attribute_report,
-    facenet_rows,
     measure_attributes,
     realism_features,
     realism_for,
@@ -131,7 +130,7 @@ def evaluate(
 
     skipped: list[dict[str, str]] = []
     note(f"attributes: landmarks, pose, skin tone and classifiers ({time.perf_counter() - started:.0f} s)")
-    attributes = _attributes(run, embeddings, skipped, progress, note)
+    attributes = _attributes(run, skipped, progress)
     candidates = realism_split(run, config.seed)
     note(f"realism: Inception features ({time.perf_counter() - started:.0f} s)")
     features = _realism_features(run, candidates, skipped, progress, note)
@@ -212,23 +211,12 @@ def _progress_bar(total: int, label: str, shown: bool) -> Iterator[Callable[[int
 # ---- quality measures, with what is skipped and why -------------------------------------------------
 
 
-def _attributes(
-    run: ProtectionRun,
-    embeddings: dict[str, dict[str, np.ndarray]],
-    skipped: list[dict[str, str]],
-    progress: bool,
-    note: Say,
-) -> AttributeData | None:
+def _attributes(run: ProtectionRun, skipped: list[dict[str, str]], progress: bool) -> AttributeData | None:
     from faceanonymixer.errors import ModelFormatError
 
     try:
-        facenet = embeddings.get("facenet")
-        if facenet is None:
-            note("attributes: embedding the photos with FaceNet (not among the judges)")
-            with _progress_bar(len(run.photos) * 3, "facenet", progress) as advance:
-                facenet = facenet_rows(run, ("A", "S"), advance)
         with _progress_bar(len(run.photos) * 3, "attributes", progress) as advance:
-            return measure_attributes(run, facenet, progress=advance)
+            return measure_attributes(run, progress=advance)
     except (ModelFormatError, ModuleNotFoundError, FileNotFoundError) as error:
         skipped.append({"measure": "quality.attributes", "reason": f"{type(error).__name__}: {error}"})
         return None
