@@ -319,3 +319,56 @@ def test_group_rates_count_genuine_pairs_where_there_are_some() -> None:
     assert rates["unprotected_genuine_match"] == rates["same_key_genuine_match"] == 1.0
     assert rates["cross_key_nonmatch"] == 1.0 and rates["pairs"]["cross_key_nonmatch"] == 5
     assert rates["pairs"]["unprotected_impostor_nonmatch"] == 2
+
+
+# ---- on real photos: the reading of a face, the generator's reconstruction --------------------------
+
+
+@pytest.fixture(scope="module")
+def lfw_photo(faces_root: Path) -> Path:
+    path = faces_root / "lfw" / "Venus_Williams" / "Venus_Williams_0001.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+def test_a_real_face_is_read_and_the_reading_follows_a_mirror(lfw_photo: Path) -> None:
+    from faceanonymixer.evaluation.attributes import FaceReader
+    from faceanonymixer.imageio import load_image
+
+    reader = FaceReader()
+    photo = load_image(lfw_photo)
+    reading, mirrored = reader(photo), reader(np.ascontiguousarray(photo[:, ::-1]))
+    assert reading is not None and mirrored is not None
+    assert reading.landmarks.shape == (68, 2) and np.linalg.norm(reading.embedding) == pytest.approx(1.0)
+    pose, flipped = (head_pose(r.landmarks, photo.shape[1], photo.shape[0]) for r in (reading, mirrored))
+    assert pose is not None and flipped is not None
+    # a mirror turns the head the other way: yaw and roll change sign, pitch stays
+    assert pose.yaw == pytest.approx(-flipped.yaw, abs=3) and pose.pitch == pytest.approx(
+        flipped.pitch, abs=3
+    )
+    assert skin_tone_ita(photo, reading.landmarks) is not None
+    assert reader(np.full((120, 120, 3), 200, np.uint8)) is None
+
+
+def test_the_reconstruction_is_the_generators_own_rendering_of_the_photo(
+    lfw_photo: Path, weights: None
+) -> None:
+    """No key, no optimisation: nearer the photo's crop than the photo protected under a key, and
+    the same on every call."""
+    import torch
+
+    from faceanonymixer.engine import ProtectionEngine, Subject
+    from faceanonymixer.protection_key import ProtectionKey
+
+    torch.set_num_threads(1)
+    engine = ProtectionEngine("embedded")
+    face = engine.prepare(lfw_photo)
+    first, again = engine.reconstruct([face])[0], engine.reconstruct([face])[0]
+    assert first.dtype == np.uint8 and first.shape == (256, 256, 3) and np.array_equal(first, again)
+    (protected,) = engine.protect(
+        [Subject([face], ProtectionKey(bytes(32), version=1))],
+        optimisation=engine.config.with_overrides(steps=2),
+    )[0]
+    original = protected.original_face.astype(np.float64)
+    assert np.abs(first - original).mean() < np.abs(protected.face.astype(np.float64) - original).mean()
