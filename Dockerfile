@@ -5,7 +5,7 @@
 #   docker build --target cpu  -t faceanonymixer:cpu  .    # anywhere
 #   docker build --target cuda -t faceanonymixer:cuda .    # NVIDIA GPU (driver for CUDA 13)
 #
-# Stages: `builder` makes the project's wheel; `venv-cpu` / `venv-cuda` install it with torch into
+# Stages: `builder` makes the project's wheels (the server and the client SDK it requires); `venv-cpu` / `venv-cuda` install it with torch into
 # /opt/venv; `runtime` is everything the final images share (user, volume, settings, health check,
 # entrypoint); `cpu` and `cuda` are `runtime` plus their venv. deploy/README.md explains the
 # settings, volumes and secrets; tests/test_dockerfile.py checks this file.
@@ -26,7 +26,7 @@ COPY pyproject.toml README.md ./
 COPY server/ server/
 COPY client_sdk/ client_sdk/
 COPY export/ export/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . ./client_sdk
 
 # ---- what the final images share -------------------------------------------------------------
 FROM python:3.11-slim AS runtime
@@ -67,12 +67,12 @@ ARG TORCH_VERSION
 ARG GAN_FACE_GENERATE_VERSION
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
-# torch first, from the CPU index: the [server] extra's torch==2.13.0 is then already met
+# torch first, from the CPU index: the project's torch==2.13.0 is then already met
 RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
 COPY --from=builder /wheels /tmp/wheels
 # gan-face-generate without its dependencies (torchvision, wandb), as README.md explains
 RUN wheel="$(ls /tmp/wheels/faceanonymixer-*.whl)" \
-    && /opt/venv/bin/pip install "${wheel}[server]" \
+    && /opt/venv/bin/pip install /tmp/wheels/faceanonymixer_client-*.whl "${wheel}" \
     && /opt/venv/bin/pip install --no-deps "gan-face-generate==${GAN_FACE_GENERATE_VERSION}"
 
 # ---- the CUDA venv ---------------------------------------------------------------------------
@@ -90,7 +90,7 @@ RUN /opt/venv/bin/pip install --extra-index-url https://pypi.nvidia.com \
         "${TENSORRT_PACKAGE}==${TENSORRT_VERSION}"
 COPY --from=builder /wheels /tmp/wheels
 RUN wheel="$(ls /tmp/wheels/faceanonymixer-*.whl)" \
-    && /opt/venv/bin/pip install "${wheel}[server]" \
+    && /opt/venv/bin/pip install /tmp/wheels/faceanonymixer_client-*.whl "${wheel}" \
     && /opt/venv/bin/pip install --no-deps "gan-face-generate==${GAN_FACE_GENERATE_VERSION}"
 
 # ---- the images ------------------------------------------------------------------------------

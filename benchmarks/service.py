@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from service_harness import ServerProcess, stubs
 
-from faceanonymixer.v1 import keys_pb2, protection_pb2
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 DEFAULT_PHOTO = (
     Path(__file__).resolve().parents[2] / "shared" / "faces" / "fr_examples" / "biden" / "biden.jpg"

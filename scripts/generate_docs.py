@@ -1,8 +1,11 @@
 """Regenerate the reference docs from the code, so they cannot drift from it.
 
 - ``docs/cli.md``: the command line, from the typer app (``typer ... utils docs``);
-- the README's configuration reference, from ``ServiceSettings``' fields;
-- the README's error reference, from the SDK's ``ERROR_TABLE``.
+- the settings table of ``docs/configuration.md``, from ``ServiceSettings``' fields;
+- the error table of ``docs/errors.md``, from the SDK's ``ERROR_TABLE``.
+
+The tables go between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` in their page;
+the text around them is written by hand.
 
 Run ``.venv/bin/python scripts/generate_docs.py`` after changing any of them;
 ``tests/test_docs.py`` fails while the committed docs differ from what this writes.
@@ -71,21 +74,29 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0].rstrip(".") if text else ""
 
 
-def readme_with_references(readme: str) -> str:
-    sections = {"configuration": configuration_reference(), "errors": error_reference()}
+#: page -> the generated table it holds (its marker name)
+GENERATED_TABLES = {
+    Path("docs") / "configuration.md": "configuration",
+    Path("docs") / "errors.md": "errors",
+}
+
+
+def with_references(page: str) -> str:
+    """``page`` with every generated table between its markers filled in from the code."""
+    sections = {"configuration": configuration_reference, "errors": error_reference}
 
     def fill(match: re.Match[str]) -> str:
-        return match.group(1) + sections[match.group(2)] + match.group(3)
+        return match.group(1) + sections[match.group(2)]() + match.group(3)
 
-    return MARKER.sub(fill, readme)
+    return MARKER.sub(fill, page)
 
 
 def expected_files() -> dict[Path, str]:
-    readme = REPO_ROOT / "README.md"
-    return {
-        REPO_ROOT / "docs" / "cli.md": cli_reference(),
-        readme: readme_with_references(readme.read_text(encoding="utf-8")),
-    }
+    files = {REPO_ROOT / "docs" / "cli.md": cli_reference()}
+    for relative in GENERATED_TABLES:
+        path = REPO_ROOT / relative
+        files[path] = with_references(path.read_text(encoding="utf-8"))
+    return files
 
 
 def main() -> None:

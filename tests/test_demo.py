@@ -1,9 +1,11 @@
-"""``faceanonymixer demo``, the README's main-job command, run for real as a subprocess.
+"""``faceanonymixer demo``, the first of README's two commands, run for real as a subprocess.
 
-Each demo runs once per module: with no arguments at all (the sample photo from scikit-image's
-wheel, an output folder it names itself) and on ``../shared/faces/deepface``. Both start the real
-gRPC service in-process, protect with the full 50 optimisation steps, revoke and re-enroll, and
-judge with dlib's own C++ face recognition. Run with ``-s`` to see the rates.
+A quick run (the sample photos at 5 optimisation steps) checks everything but the rates: the table,
+the files, the revocation, the summary. The rates need the profile's 50 steps, so the full runs,
+with no arguments at all (the sample photo from scikit-image's wheel, an output folder it names
+itself) and on ``../shared/faces/deepface``, are marked slow. All start the real gRPC service
+in-process, protect, revoke and re-enroll, and judge with dlib's own C++ face recognition. Run
+with ``-s`` to see the rates. No run has a time limit: a busy machine makes them slower, not wrong.
 
 The keys are random (the key store draws their material), so the rates vary from run to run; the
 bounds come from 12 keys on the sample and 6 keys x 4 people on deepface, judged as the demo does
@@ -29,8 +31,8 @@ from faceanonymixer import demo as demo_module
 from faceanonymixer.demo import GRID_CELL, PersonRun, Photo, grid_size
 from faceanonymixer.errors import InvalidRequestError
 
-#: a demo run must finish well within this (the README promises under two minutes)
-DEMO_TIMEOUT = 300
+#: optimisation steps of the quick run
+QUICK_STEPS = 5
 #: Lower bounds of the three rates of the acceptance criterion, per run. Measured with random keys:
 #: one person's protected photos under one key lie 0.08-0.38 apart (all match: rate 1.0 in every
 #: run); originals vs protected 0.72 or more (all non-match: 1.0). Key A vs its replacement B:
@@ -58,14 +60,12 @@ class DemoRun:
 
 
 def run_demo_command(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     return subprocess.run(
         [sys.executable, "-m", "faceanonymixer.cli", "demo", *args],
         cwd=cwd,
-        env=env,
+        env=dict(os.environ),
         capture_output=True,
         text=True,
-        timeout=DEMO_TIMEOUT,
         check=False,
     )
 
@@ -79,16 +79,25 @@ def report(name: str, summary: dict[str, Any]) -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """``faceanonymixer demo`` with no arguments, in an empty folder."""
-    cwd = tmp_path_factory.mktemp("demo-sample")
-    completed = run_demo_command(cwd=cwd)
+def _run_in_empty_folder(name: str, cwd: Path, *args: str) -> DemoRun:
+    completed = run_demo_command(*args, cwd=cwd)
     assert completed.returncode == 0, completed.stderr
     [out] = list(cwd.iterdir())
     summary = json.loads((out / "summary.json").read_text())
-    report("sample", summary)
-    return DemoRun("sample", out, completed, summary)
+    report(name, summary)
+    return DemoRun(name, out, completed, summary)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``faceanonymixer demo --steps 5`` in an empty folder: everything but the rates."""
+    return _run_in_empty_folder("quick", tmp_path_factory.mktemp("demo-quick"), "--steps", str(QUICK_STEPS))
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``faceanonymixer demo`` with no arguments, in an empty folder."""
+    return _run_in_empty_folder("sample", tmp_path_factory.mktemp("demo-sample"))
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +120,7 @@ def demo_run(request: pytest.FixtureRequest) -> DemoRun:
 # ---- the acceptance criterion ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("measure", sorted(BOUNDS))
 def test_rates_meet_their_bounds(demo_run: DemoRun, measure: str) -> None:
     summary = demo_run.summary
@@ -119,6 +129,7 @@ def test_rates_meet_their_bounds(demo_run: DemoRun, measure: str) -> None:
     assert summary[measure] is not None and summary[measure] >= bound, summary["distances"]
 
 
+@pytest.mark.slow
 def test_the_replacement_key_moves_farther_than_photos_of_one_key_spread(demo_run: DemoRun) -> None:
     distances = demo_run.summary["distances"]
     assert distances["after_revocation_nonmatch_rate"]["min"] > distances["same_person_match_rate"]["max"]
@@ -127,31 +138,39 @@ def test_the_replacement_key_moves_farther_than_photos_of_one_key_spread(demo_ru
     )
 
 
-def test_the_revoked_key_is_refused(demo_run: DemoRun) -> None:
-    summary = demo_run.summary
+def test_the_revoked_key_is_refused(quick_run: DemoRun) -> None:
+    summary = quick_run.summary
     assert summary["revoked_key_refused"] is True
     for person in summary["people"]:
         assert person["revoked_key_refused"] is True
         assert person["key_a"] != person["key_b"]
 
 
+@pytest.mark.slow
 def test_every_person_has_their_own_key(deepface_run: DemoRun) -> None:
     keys = [person["key_a"] for person in deepface_run.summary["people"]]
     assert len(keys) == len(set(keys)) == 4
 
 
-def test_the_summary_says_what_was_measured(demo_run: DemoRun) -> None:
-    summary = demo_run.summary
+def test_the_summary_says_what_was_measured(quick_run: DemoRun) -> None:
+    summary = quick_run.summary
     assert summary["judge"] == {**summary["judge"], "name": "dlib", "threshold": 0.6}
-    assert summary["steps"] == 50 and summary["profile"] == "embedded"
-    assert 0 < summary["seconds"] < DEMO_TIMEOUT
+    assert summary["steps"] == QUICK_STEPS and summary["profile"] == "embedded"
+    assert summary["seconds"] > 0
     assert summary["images"]["protected"] == summary["images"]["photos"]
     assert summary["images"]["skipped"] == []
+    for measure in BOUNDS:  # every rate is there, measured over the pairs it names
+        assert summary["pairs"][measure] > 0 and 0 <= summary[measure] <= 1
 
 
-def test_the_sample_run_names_its_photos_and_their_licence(sample_run: DemoRun) -> None:
-    summary = sample_run.summary
-    assert sample_run.out.name.startswith("faceanonymixer-demo-")
+@pytest.mark.slow
+def test_full_runs_use_the_profiles_steps(demo_run: DemoRun) -> None:
+    assert demo_run.summary["steps"] == 50 and demo_run.summary["images"]["skipped"] == []
+
+
+def test_the_sample_run_names_its_photos_and_their_licence(quick_run: DemoRun) -> None:
+    summary = quick_run.summary
+    assert quick_run.out.name.startswith("faceanonymixer-demo-")
     assert summary["images"]["source"] == "sample"
     assert (
         "public-domain" in summary["images"]["description"]
@@ -161,28 +180,30 @@ def test_the_sample_run_names_its_photos_and_their_licence(sample_run: DemoRun) 
     assert summary["pairs"]["after_revocation_nonmatch_rate"] == 25
 
 
-def test_the_console_shows_the_table(sample_run: DemoRun) -> None:
-    shown = sample_run.completed.stdout
+def test_the_console_shows_the_table(quick_run: DemoRun) -> None:
+    shown = quick_run.completed.stdout
     for _, label, _ in demo_module.MEASURES:
         assert label in shown
     assert "Revoked key A refused by the service: yes." in shown
     assert "{" not in shown.split("\n", 1)[0]  # not the JSON
-    assert '"event"' not in sample_run.completed.stderr  # the server's log lines went to server.log
-    assert "serving" in (sample_run.out / "server.log").read_text()
+    # the server's log lines went to server.log; progress lines only on a terminal
+    assert quick_run.completed.stderr == ""
+    assert "serving" in (quick_run.out / "server.log").read_text()
 
 
+@pytest.mark.slow
 def test_json_prints_the_summary_file(deepface_run: DemoRun) -> None:
     assert json.loads(deepface_run.completed.stdout) == deepface_run.summary
 
 
-def test_the_grid_has_a_row_per_photo_and_three_columns(demo_run: DemoRun) -> None:
-    photos = demo_run.summary["images"]["photos"]
-    with Image.open(demo_run.out / "grid.png") as grid:
+def test_the_grid_has_a_row_per_photo_and_three_columns(quick_run: DemoRun) -> None:
+    photos = quick_run.summary["images"]["photos"]
+    with Image.open(quick_run.out / "grid.png") as grid:
         assert grid.format == "PNG" and grid.mode == "RGB"
         assert grid.size == grid_size(photos)
-        assert (demo_run.summary["grid"]["width"], demo_run.summary["grid"]["height"]) == grid.size
+        assert (quick_run.summary["grid"]["width"], quick_run.summary["grid"]["height"]) == grid.size
         assert grid.size[0] > 3 * GRID_CELL and grid.size[1] > photos * GRID_CELL
-    leftovers = [path.name for path in demo_run.out.iterdir() if path.name.startswith(".")]
+    leftovers = [path.name for path in quick_run.out.iterdir() if path.name.startswith(".")]
     assert leftovers == []  # the atomic writes left no temporary files
 
 
@@ -301,7 +322,7 @@ def test_run_in_background_raises_a_start_up_failure_in_the_caller(tmp_path: Pat
         listen="127.0.0.1:0",
         keystore=f"sqlite:///{tmp_path / 'keys.db'}",
         device="no-such-device",
-        torch_threads=1,
+        threads=1,
         shutdown_grace_seconds=1,
     )
     with (

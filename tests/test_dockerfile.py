@@ -232,6 +232,10 @@ def test_the_wheel_is_built_from_every_package_folder_and_the_readme() -> None:
     assert files <= copied, f"the builder stage does not copy {sorted(files - copied)}"
     for package in packages:
         assert any(Path(package).is_relative_to(source) for source in copied), package
+    # the client SDK the server requires is its own distribution: built beside it
+    assert "client_sdk" in copied
+    builds = " ".join(item.value for item in stages()["builder"].all("RUN"))
+    assert "--wheel-dir /wheels . ./client_sdk" in builds
 
 
 def test_every_committed_weights_file_ships_in_the_wheel() -> None:
@@ -268,9 +272,7 @@ def test_every_stage_reference_names_an_earlier_stage() -> None:
 
 def test_the_python_and_torch_of_the_images_are_the_projects() -> None:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    torch_pin = next(
-        item for item in pyproject["project"]["optional-dependencies"]["server"] if item.startswith("torch")
-    )
+    torch_pin = next(item for item in pyproject["project"]["dependencies"] if item.startswith("torch"))
     text = DOCKERFILE.read_text()
     assert f"ARG TORCH_VERSION={torch_pin.removeprefix('torch==')}" in text
     assert "ARG GAN_FACE_GENERATE_VERSION=1.1.1" in text  # README's --no-deps install
@@ -281,7 +283,7 @@ def test_the_python_and_torch_of_the_images_are_the_projects() -> None:
         assert venv_stage.base == lineage(target)[0].base  # the venv's python is the image's
         runs = " ".join(item.value for item in venv_stage.all("RUN"))
         assert "torch==${TORCH_VERSION}" in runs
-        assert "[server]" in runs
+        assert "/tmp/wheels/faceanonymixer_client-*.whl" in runs  # the SDK the server requires
         assert '--no-deps "gan-face-generate==${GAN_FACE_GENERATE_VERSION}"' in runs
     cpu_runs = " ".join(item.value for item in stages()["venv-cpu"].all("RUN"))
     assert "https://download.pytorch.org/whl/cpu" in cpu_runs

@@ -240,6 +240,33 @@ def test_targets_from_source_axes_ignore_the_identity_off_them(engine: Protectio
         dataclasses.replace(engine.config, source_axes=16, target_rank=32)
 
 
+def test_kept_axes_keep_the_group_level_identity_and_rotate_the_rest(engine: ProtectionEngine) -> None:
+    assert engine.identity_basis is not None
+    config = dataclasses.replace(
+        engine.config, kept_axes=4, source_axes=52, target_subspace=64, target_rank=48
+    )
+    draws = torch.randn(2, 128, generator=torch.Generator().manual_seed(7))
+    mean = engine.identity_centre[None] + 0.1 * draws[:1]
+    kept = engine.identity_basis.top(4)
+    _, target = engine.key_start_and_target(KEY_A, mean, config)
+    _, other_key = engine.key_start_and_target(KEY_B, mean, config)
+    offset, original = (target - engine.identity_centre)[0], (mean - engine.identity_centre)[0]
+    # along the kept axes the target is the photo's identity, under any key
+    torch.testing.assert_close(kept.T @ offset, kept.T @ original, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        kept.T @ (other_key - engine.identity_centre)[0], kept.T @ original, atol=1e-5, rtol=0
+    )
+    # off them the key moves it: the rest of the target differs between keys and from the photo
+    rest = offset - kept @ (kept.T @ offset)
+    assert (rest - (original - kept @ (kept.T @ original))).norm() > 0.5 * rest.norm()
+    assert ((target - other_key)[0]).norm() > 0.5 * rest.norm()
+    # with none kept, the kept axes are rotated like the rest
+    _, rotated = engine.key_start_and_target(KEY_A, mean, dataclasses.replace(config, kept_axes=0))
+    assert (kept.T @ (rotated - mean)[0]).norm() > 0.01
+    with pytest.raises(ValueError, match="kept_axes"):
+        dataclasses.replace(engine.config, kept_axes=8, source_axes=48, target_rank=48)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{"target_subspace": 64}, {"source_axes": 64}, {"start_axes": 16, "synthetic_identity_weight": 1.0}],

@@ -3,7 +3,7 @@
 The slice: 5 ORL people x 3 photos (grey photos, the hardest colour case for the engine) plus one
 identity whose only "photo" holds no face, protected with 3 optimisation steps (the report's
 schema and the unprotected sanity do not depend on the steps; the protection's quality at the
-full 50 steps is measured in README's results section), judged by dlib and FaceNet. Runs once
+full 50 steps is measured in docs/evaluation.md), judged by dlib and FaceNet. Runs once
 per module as a subprocess of the real CLI.
 """
 

@@ -299,7 +299,7 @@ def test_real_server_is_serving_once_started_and_unreachable_after_sigterm(
     settings = {
         "keystore": f"sqlite:///{tmp_path / 'keys.db'}",
         "workers": 1,
-        "torch_threads": 1,
+        "threads": 1,
         "shutdown_grace_seconds": 5,
     }
     server = ServerProcess(tmp_path, kek_file, settings).start(wait=False)

@@ -130,6 +130,44 @@ def test_crop_writes_the_square_face_and_plain_output_names_the_files(
     assert files_in(out) == [target.name]
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_is_drawn_on_a_terminal_only(
+    engines: list[ProtectionEngine],
+    photos: list[Path],
+    key_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    terminal: bool,
+) -> None:
+    # the runner's stderr is never a terminal: stand in for show_progress's isatty()
+    monkeypatch.setattr("faceanonymixer.cli.show_progress", lambda as_json: terminal and not as_json)
+    result = protect(*photos, "--key-file", key_file, "--out", tmp_path, "--steps", "3")
+    assert result.exit_code == 0, result.output
+    if terminal:  # a bar of the photos as they are aligned, then one of the steps
+        assert "align" in result.stderr and "2/2" in result.stderr
+        assert "protect" in result.stderr and "3/3" in result.stderr
+    else:
+        assert result.stderr == ""
+    with_json = protect(*photos, "--key-file", key_file, "--out", tmp_path, "--steps", "1", "--json")
+    assert with_json.exit_code == 0 and with_json.stderr == ""
+
+
+def test_show_progress_asks_whether_stderr_is_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faceanonymixer import cli_common
+
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.setattr(cli_common.sys, "stderr", Stream(True))
+    assert cli_common.show_progress(False) and not cli_common.show_progress(True)
+    monkeypatch.setattr(cli_common.sys, "stderr", Stream(False))
+    assert not cli_common.show_progress(False)
+
+
 def test_an_existing_output_is_replaced(
     engines: list[ProtectionEngine], photos: list[Path], key_file: Path, tmp_path: Path
 ) -> None:
@@ -214,6 +252,7 @@ def test_an_input_without_a_face_exits_3_and_writes_nothing(
     out = tmp_path / "out"
     line = assert_one_line_error(protect(faceless, "--key-file", key_file, "--out", out, "--steps", "1"), 3)
     assert "no face" in line
+    assert line.startswith(f"error: {faceless}: ")
     assert files_in(out) == []
 
 
@@ -223,8 +262,52 @@ def test_a_faceless_input_after_a_valid_one_writes_nothing_either(
     out = tmp_path / "out"
     out.mkdir()
     result = protect(photos[0], faceless, "--key-file", key_file, "--out", out, "--steps", "1")
-    assert_one_line_error(result, 3)
+    line = assert_one_line_error(result, 3)
+    assert str(faceless) in line and str(photos[0]) not in line
     assert files_in(out) == []
+
+
+@pytest.mark.parametrize(
+    ("make_input", "exit_code", "code", "reason"),
+    [
+        ("faceless", 3, "FAILED_PRECONDITION", "NO_FACE"),
+        ("broken", 2, "INVALID_ARGUMENT", "INVALID_IMAGE"),
+    ],
+)
+def test_json_errors_are_json_on_stdout_with_the_same_exit_code(
+    engines: list[ProtectionEngine],
+    photos: list[Path],
+    faceless: Path,
+    key_file: Path,
+    tmp_path: Path,
+    make_input: str,
+    exit_code: int,
+    code: str,
+    reason: str,
+) -> None:
+    bad = faceless
+    if make_input == "broken":
+        bad = tmp_path / "broken.jpg"
+        bad.write_bytes(b"not a photo")
+    out = tmp_path / "out"
+    result = protect(photos[0], bad, "--key-file", key_file, "--out", out, "--steps", "1", "--json")
+    assert result.exit_code == exit_code, result.output
+    assert result.stderr == ""
+    error = json.loads(result.stdout)["error"]
+    assert error == {"code": code, "reason": reason, "message": error["message"], "input": str(bad)}
+    assert error["message"] and "Traceback" not in result.output
+    assert files_in(out) == []
+
+
+def test_json_errors_before_any_photo_name_no_input(key_file: Path, tmp_path: Path) -> None:
+    result = protect(tmp_path / "a.png", "--key-file", key_file, "--key-id", "k", "--out", tmp_path, "--json")
+    assert result.exit_code == 2 and result.stderr == ""
+    assert json.loads(result.stdout)["error"] == {
+        "code": "INVALID_ARGUMENT",
+        "reason": "INVALID_ARGUMENT",
+        "message": "give exactly one of --key-file and --key-id",
+        "input": None,
+    }
 
 
 def test_an_unreadable_input_exits_2(

@@ -13,8 +13,8 @@ import pytest
 from script_loader import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = REPO_ROOT / "server"
-PACKAGE_DIR = Path("faceanonymixer") / "v1"
+COMMITTED = REPO_ROOT / "client_sdk"
+PACKAGE_DIR = Path("faceanonymixer_proto")
 SCRIPT = REPO_ROOT / "scripts" / "generate_stubs.py"
 REGENERATE = f"run `python {SCRIPT.relative_to(REPO_ROOT).as_posix()}` and commit the result"
 
@@ -32,7 +32,7 @@ def _files(root: Path) -> dict[Path, bytes]:
     package = root / PACKAGE_DIR
     return {
         path.relative_to(root): path.read_bytes()
-        for path in sorted(package.iterdir())
+        for path in sorted(package.rglob("*"))
         if path.is_file() and path.suffix in {".py", ".pyi"}
     }
 
@@ -62,7 +62,7 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
 
 
 def _file_descriptor(name: str) -> Any:
-    return importlib.import_module(f"faceanonymixer.v1.{name}_pb2").DESCRIPTOR
+    return importlib.import_module(f"faceanonymixer_proto.v1.{name}_pb2").DESCRIPTOR
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_services_and_methods(proto: str, service: str, methods: dict[str, tuple
         assert method.input_type.full_name == f"faceanonymixer.v1.{name}Request"
         assert method.output_type.full_name == f"faceanonymixer.v1.{name}Response"
 
-    grpc_module = importlib.import_module(f"faceanonymixer.v1.{proto}_pb2_grpc")
+    grpc_module = importlib.import_module(f"faceanonymixer_proto.v1.{proto}_pb2_grpc")
     for suffix in ("Stub", "Servicer"):
         assert hasattr(grpc_module, f"{service}{suffix}")
     assert hasattr(grpc_module, f"add_{service}Servicer_to_server")

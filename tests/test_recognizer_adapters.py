@@ -322,7 +322,7 @@ def server(
     weights: None, kek_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("recognizer")
-    settings = {"keystore": f"sqlite:///{workdir / 'keys.db'}", "workers": 1, "torch_threads": 1}
+    settings = {"keystore": f"sqlite:///{workdir / 'keys.db'}", "workers": 1, "threads": 1}
     process = ServerProcess(workdir, kek_file, settings)
     with process.running():
         yield process

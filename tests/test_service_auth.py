@@ -32,7 +32,7 @@ from service_harness import ServerProcess, bearer, error_reason, health_status, 
 
 from faceanonymixer.keystore import KeyEncryptionKey
 from faceanonymixer.keystore.key_ids import KeyIds
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
 TOKEN_ONE = "auth-test-token-of-tenant-one"
 TOKEN_TWO = "auth-test-token-of-tenant-two"

@@ -43,8 +43,8 @@ from faceanonymixer.cli import app
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.keystore.schema import keys as keys_table
 from faceanonymixer.profiles import get_profile
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2
 from faceanonymixer_client.errors import error_from_status
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2
 
 BACKENDS = ["sqlite", "postgresql"]
 #: seconds any one gRPC call may take (a protection on a busy 2-core machine included)
@@ -70,7 +70,7 @@ def server_settings(store_url: str, **extra: Any) -> dict[str, Any]:
     return {
         "keystore": store_url,
         "workers": 1,
-        "torch_threads": 1,
+        "threads": 1,
         "shutdown_grace_seconds": 10,
         **extra,
     }

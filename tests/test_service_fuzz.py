@@ -36,7 +36,7 @@ from faceanonymixer.imageio import ALLOWED_FORMATS, DEFAULT_LIMITS
 from faceanonymixer.keystore import KeyEncryptionKey
 from faceanonymixer.keystore.key_ids import KeyIds
 from faceanonymixer.profiles import PROFILES
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
 TOKEN_ONE = "fuzz-token-of-tenant-one-0001"
 TOKEN_TWO = "fuzz-token-of-tenant-two-0002"

@@ -29,7 +29,7 @@ from grpc_status import rpc_status
 from PIL import Image
 from service_harness import ServerProcess, bearer, error_reason, health_status, stubs
 
-from faceanonymixer.v1 import keys_pb2, protection_pb2, protection_pb2_grpc
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2, protection_pb2_grpc
 
 TOKEN = "load-test-token-0123456789"
 METADATA = bearer(TOKEN)

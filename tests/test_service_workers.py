@@ -45,7 +45,7 @@ def retry_delay(error: ServiceError) -> float:
 def started_pool(
     workers: int = 1, queue_size: int = 1, factory: Callable[[], Any] | None = None
 ) -> EnginePool:
-    pool = EnginePool(factory or (lambda: object()), workers=workers, queue_size=queue_size, torch_threads=1)
+    pool = EnginePool(factory or (lambda: object()), workers=workers, queue_size=queue_size, threads=1)
     pool.start()
     return pool
 

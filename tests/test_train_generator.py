@@ -92,10 +92,10 @@ def test_saved_generator_loads_with_its_sha256(tmp_path: Path) -> None:
 
 def test_the_record_lists_the_photos_and_draws_samples_and_reconstructions(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    paths = [data / "ann" / "1.jpg", data / "bob" / "2.jpg"]
+    paths = [data / "lfw_train" / "ann" / "1.jpg", data / "utk_train" / "bob" / "2.jpg"]
     state = train_generator(*networks(), faces(), config=GeneratorTraining(steps=1, batch_size=2))
-    photos, grid = write_training_record(state, TrainingFaces(faces(), paths), data, tmp_path, "g")
-    assert photos.read_text() == "ann/1.jpg\nbob/2.jpg\n"
+    photos, grid = write_training_record(state, TrainingFaces(faces(), paths), tmp_path, "g")
+    assert photos.read_text() == "lfw_train/ann/1.jpg\nutk_train/bob/2.jpg\n"  # which set, too
     with Image.open(grid) as image:
         assert image.size == (12 * 64, 4 * 64)  # 2 rows of samples, real crops, reconstructions
     assert sorted(path.name for path in tmp_path.iterdir()) == ["g_photos.txt", "g_samples.png"]
@@ -103,17 +103,34 @@ def test_the_record_lists_the_photos_and_draws_samples_and_reconstructions(tmp_p
 
 def test_aligned_faces_are_cached_with_their_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, cache = tmp_path / "data", tmp_path / "state.pt.faces.pt"
-    aligned = TrainingFaces(faces(), [data / "ann" / "1.jpg"])
+    selected = [data / "set" / "ann" / "1.jpg", data / "set" / "ann" / "2.jpg"]
+    aligned = TrainingFaces(faces()[:1], selected[1:])  # the first photo has no face
     calls = []
 
-    def align(root: Path, generator: object, *, limit: int) -> TrainingFaces:
-        calls.append(limit)
+    def align(photos: list[Path], generator: object) -> TrainingFaces:
+        calls.append(list(photos))
         return aligned
 
     monkeypatch.setattr(training, "aligned_training_faces", align)
-    first = cached_training_faces(data, None, cache, limit=5)  # type: ignore[arg-type]
-    again = cached_training_faces(data, None, cache, limit=5)  # type: ignore[arg-type]
-    assert calls == [5] and again.paths == first.paths == aligned.paths
+    first = cached_training_faces(selected, None, cache)  # type: ignore[arg-type]
+    again = cached_training_faces(selected, None, cache)  # type: ignore[arg-type]
+    assert calls == [selected] and again.paths == first.paths == aligned.paths
     torch.testing.assert_close(again.pixels, aligned.pixels, rtol=0, atol=0)
     with pytest.raises(FaceAnonyMixerError, match="delete it"):
-        cached_training_faces(data, None, cache, limit=6)  # type: ignore[arg-type]
+        cached_training_faces(selected[:1], None, cache)  # type: ignore[arg-type]
+
+
+def test_training_photos_take_an_equal_spread_share_of_each_folder(tmp_path: Path) -> None:
+    from faceanonymixer.datasets import training_photos
+
+    for name, count in (("small", 3), ("large", 10)):
+        for index in range(count):
+            folder = tmp_path / name / f"{index:02d}_person"
+            folder.mkdir(parents=True)
+            (folder / "a.jpg").write_bytes(b"")
+    chosen = training_photos([tmp_path / "small", tmp_path / "large"], 8)
+    small = [path for path in chosen if path.parts[-3] == "small"]
+    large = [path.parent.name for path in chosen if path.parts[-3] == "large"]
+    assert len(small) == 3  # all it has (fewer than its share of 4)
+    assert large == ["00_person", "02_person", "05_person", "07_person"]  # spread, not the first four
+    assert len(training_photos([tmp_path / "large"], 100)) == 10  # a folder smaller than the limit: all

@@ -17,8 +17,7 @@ Put protection in front of a recognizer you already run with
 
 from __future__ import annotations
 
-from faceanonymixer._version import __version__
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
+from faceanonymixer_client._version import __version__
 from faceanonymixer_client.aio import AsyncProtectionClient
 from faceanonymixer_client.client import ProtectionClient
 from faceanonymixer_client.errors import (
@@ -49,6 +48,7 @@ from faceanonymixer_client.recognizer import (
     protected_represent,
 )
 from faceanonymixer_client.results import FaceBox, KeyInfo, Protection, Revocation
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
 __all__ = [
     "MAX_MESSAGE_BYTES",

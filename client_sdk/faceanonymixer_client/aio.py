@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 import grpc
 from tqdm import tqdm
 
-from faceanonymixer.v1 import keys_pb2
 from faceanonymixer_client import calls
 from faceanonymixer_client.client import DEFAULT_TIMEOUT, ServerTarget
 from faceanonymixer_client.errors import FaceAnonyMixerError, error_from_rpc
@@ -25,6 +24,7 @@ from faceanonymixer_client.options import (
     channel_options,
 )
 from faceanonymixer_client.results import KeyInfo, KeyState, Protection, Revocation
+from faceanonymixer_proto.v1 import keys_pb2
 
 T = TypeVar("T")
 

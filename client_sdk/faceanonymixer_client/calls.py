@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 
-from faceanonymixer.v1 import keys_pb2, protection_pb2
 from faceanonymixer_client.errors import DeadlineError, FaceAnonyMixerError, error_from_status
 from faceanonymixer_client.images import ChannelOrder, WireImage, to_wire
 from faceanonymixer_client.options import RetryPolicy
 from faceanonymixer_client.results import KeyInfo, KeyState, Protection, protection_from, state_filter
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 #: ``output_format`` names the SDK accepts (None: the input's own format, see ``images``)
 OUTPUT_FORMATS = {

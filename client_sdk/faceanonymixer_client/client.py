@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import grpc
 from tqdm import tqdm
 
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2_grpc
 from faceanonymixer_client import calls
 from faceanonymixer_client.errors import FaceAnonyMixerError, error_from_rpc
 from faceanonymixer_client.images import ChannelOrder
@@ -25,6 +24,7 @@ from faceanonymixer_client.options import (
     connect,
 )
 from faceanonymixer_client.results import KeyInfo, KeyState, Protection, Revocation
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2_grpc
 
 T = TypeVar("T")
 #: seconds a call may take, all its retries included, unless the call says otherwise

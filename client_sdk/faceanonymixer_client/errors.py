@@ -4,8 +4,8 @@ The service answers every refusal with a status code, an ``ErrorInfo`` (domain :
 stable :class:`Reason`), and where it applies a ``BadRequest`` field violation or a ``RetryInfo``.
 :func:`error_from_status` turns that into one exception class per row of the error table, so
 callers branch with ``except KeyRevokedError`` instead of comparing strings. This module is the
-single source of the table: the server's statuses, the CLI's exit codes and the README's error
-reference all come from it.
+single source of the table: the server's statuses, the CLI's exit codes and the error
+reference in docs/errors.md all come from it.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class FaceAnonyMixerError(Exception):
         self.retry_after = retry_after
         #: the ``ErrorInfo.metadata`` (for example ``faces`` of MULTIPLE_FACES)
         self.metadata = metadata or {}
+        #: which of the caller's inputs the error is about (a file name, or ``images[2]``), when known
+        self.input: str | None = None
 
     def __str__(self) -> str:
         label = ", ".join(part for part in (self.code.name if self.code else "", self.reason) if part)
@@ -169,6 +171,11 @@ class CancelledError(FaceAnonyMixerError):
 
 class ServerError(FaceAnonyMixerError):
     """An internal error of the server, or a status this SDK does not know."""
+
+
+def error_row(error: FaceAnonyMixerError) -> ErrorRow | None:
+    """The row of the error table that ``error`` belongs to (None: an error outside the table)."""
+    return next((row for row in ERROR_TABLE if isinstance(error, row.error)), None)
 
 
 @dataclass(frozen=True)

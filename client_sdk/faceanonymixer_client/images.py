@@ -24,8 +24,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from faceanonymixer.v1 import protection_pb2
 from faceanonymixer_client.errors import InvalidImageError
+from faceanonymixer_proto.v1 import protection_pb2
 
 ChannelOrder = Literal["RGB", "BGR"]
 #: what ``protect`` accepts

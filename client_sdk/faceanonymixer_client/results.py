@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from faceanonymixer.v1 import keys_pb2, protection_pb2
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 KeyState = Literal["active", "revoked"]
 

@@ -61,7 +61,7 @@ def tensorrt_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the engines as JSON.")] = False,
 ) -> None:
     """Build TensorRT engines from the exported ONNX models (needs TensorRT 10+ and an NVIDIA GPU)."""
-    with one_line_errors():
+    with one_line_errors(as_json):
         # imported here: the builder pulls in torch, and the CLI starts without it
         from faceanonymixer_export.tensorrt_build import BatchRange, build_engines
 

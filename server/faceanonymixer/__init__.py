@@ -1,8 +1,7 @@
 """FaceAnonyMixer: cancelable face biometrics.
 
-The package root stays free of torch and dlib so that the generated wire types in
-``faceanonymixer.v1`` can be imported by the light client SDK; the model-facing names are
-loaded on first use.
+The package root imports nothing heavy: the model-facing names are loaded on first use, so that
+``faceanonymixer --help`` and ``faceanonymixer health`` start without loading torch.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ _LAZY = {
 }
 
 
-#: top-level modules that only the [server] extra installs
+#: top-level modules of the engine's dependencies (a broken or partial install lacks them)
 _ENGINE_DEPENDENCIES = frozenset({"torch", "dlib", "face_recognition_models", "cryptography"})
 
 
@@ -55,7 +54,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as error:
         if error.name and error.name.partition(".")[0] in _ENGINE_DEPENDENCIES:
             raise ImportError(
-                f"faceanonymixer.{name} needs the engine: pip install 'faceanonymixer[server]' ({error})"
+                f"faceanonymixer.{name} needs the engine's dependencies: pip install faceanonymixer ({error})"
             ) from error
         raise
     return getattr(module, name)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from faceanonymixer._version import __version__
-from faceanonymixer.cli_common import emit, one_line_errors
+from faceanonymixer.cli_common import ThreadsOption, emit, one_line_errors, show_progress
 from faceanonymixer.cli_eval import evaluate
 from faceanonymixer.cli_export import export_app
 from faceanonymixer.cli_health import health
@@ -32,6 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: paragraphs rewrapped to the terminal, flags shown without a "<bool>" type
+    rich_markup_mode=None,
 )
 
 
@@ -75,14 +77,19 @@ def demo(
     ] = None,
     max_people: Annotated[int, typer.Option(min=1, help="People to take from --images.")] = 4,
     max_images: Annotated[int, typer.Option(min=1, help="Photos per person from --images.")] = 3,
+    steps: Annotated[
+        int | None,
+        typer.Option(min=0, help="Optimisation steps (default: the profile's 50; fewer for a quick look)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Run the service in-process, protect photos under a key, revoke it, re-enroll, and judge.
 
     Shows that one person's protected photos match each other, do not match the originals, and
     stop matching after the key is revoked; writes grid.png and summary.json into --out.
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.demo import folder_photos, prepare_out_dir, run_demo, sample_photos
 
         photo_set = (
@@ -91,7 +98,8 @@ def demo(
             else folder_photos(images, max_people=max_people, max_images=max_images)
         )
         target = prepare_out_dir(out)
-        report = run_demo(photo_set, target, progress=lambda line: typer.echo(line, err=True))
+        say = (lambda line: typer.echo(line, err=True)) if show_progress(as_json) else None
+        report = run_demo(photo_set, target, progress=say, threads=threads, steps=steps)
         emit(as_json, report.summary, lambda: report.render(sys.stdout))
 
 
@@ -130,13 +138,14 @@ def protect(
     keystore: Annotated[str | None, typer.Option(help="Local key store URL for --key-id.")] = None,
     tenant: Annotated[str, typer.Option(help="Tenant of the local key store.")] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Protect photos with a key and write one PNG per input: nothing is written unless all succeed.
 
     The key is a raw --key-file, or a --key-id of the key store; with --server the protection runs
     on that server (exit codes follow the error table: a revoked key exits 4).
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         stems = [path.stem for path in images]
         if len(set(stems)) != len(stems):
             raise InvalidImageError(
@@ -156,7 +165,15 @@ def protect(
 
             key = load_local_key(key_file, key_version, key_id, keystore, tenant, profile)
             protected = protect_locally(
-                images, key, profile, crop=crop, steps=steps, runtime=runtime, onnx_dir=onnx_dir
+                images,
+                key,
+                profile,
+                crop=crop,
+                steps=steps,
+                runtime=runtime,
+                onnx_dir=onnx_dir,
+                threads=threads,
+                progress=show_progress(as_json),
             )
         # every result exists before the first file is written: a failure leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)

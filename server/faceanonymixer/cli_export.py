@@ -30,7 +30,7 @@ def onnx_command(
     once by onnxruntime against PyTorch before it is kept. manifest.json (written last) lists
     each file's inputs, outputs, preprocessing, exporter and SHA-256.
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.profiles import PROFILES
 
         if profile not in PROFILES:

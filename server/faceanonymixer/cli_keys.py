@@ -23,7 +23,7 @@ from faceanonymixer.cli_remote import (
     TlsKeyOption,
     TokenOption,
 )
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc
 
 if TYPE_CHECKING:
     from faceanonymixer.keystore import KeyStore

@@ -18,6 +18,15 @@ ENCODER_WEIGHTS_NAME = "embedded-encoder"
 LFW_GENERATOR_WEIGHTS_NAME = "lfw-dcgan"
 LFW_ENCODER_WEIGHTS_NAME = "lfw-dcgan-encoder"
 _NOT_REPRODUCED = ("--checkpoint", "--stop-at", "--cache")
+#: ``--data`` of the training commands: one folder or several (an equal share from each)
+DataOption = Annotated[
+    list[Path],
+    typer.Option(
+        "--data",
+        help="Folder of <identity>/<image> training photos; repeat it to train on several folders "
+        "(an equal share of the photos from each). Never an evaluation set.",
+    ),
+]
 
 
 def _reproducing_command() -> str:
@@ -37,7 +46,7 @@ def _reproducing_command() -> str:
 
 @models_app.command("train-encoder")
 def train_encoder_command(
-    data: Annotated[Path, typer.Option(help="Folder of <identity>/<image> training photos (lfw_train).")],
+    data: DataOption,
     out: Annotated[
         Path | None, typer.Option(help="Weights file (default: the committed embedded encoder).")
     ] = None,
@@ -51,6 +60,7 @@ def train_encoder_command(
     with one_line_errors():
         import torch
 
+        from faceanonymixer.datasets import training_photos
         from faceanonymixer.generators import load_generator
         from faceanonymixer.training.encoder import EncoderTraining, aligned_training_faces, train_encoder
         from faceanonymixer.weights import WEIGHTS_DIR, record_weights
@@ -58,7 +68,7 @@ def train_encoder_command(
         torch.manual_seed(seed)
         model = load_generator(generator)
         config = EncoderTraining(steps=steps, seed=seed, max_real_photos=max_real_photos)
-        faces = aligned_training_faces(data, model, limit=config.max_real_photos).pixels
+        faces = aligned_training_faces(training_photos(data, config.max_real_photos), model).pixels
         target = out or WEIGHTS_DIR / "embedded_encoder.pt"
         sha256 = train_encoder(model, faces, target, config=config, checkpoint=checkpoint)
         if target.parent.resolve() == WEIGHTS_DIR.resolve():
@@ -68,7 +78,7 @@ def train_encoder_command(
 
 @models_app.command("train-generator")
 def train_generator_command(
-    data: Annotated[Path, typer.Option(help="Folder of <identity>/<image> training photos (lfw_train).")],
+    data: DataOption,
     checkpoint: Annotated[
         Path, typer.Option(help="Resumable training state; the aligned crops are cached beside it.")
     ],
@@ -78,11 +88,21 @@ def train_generator_command(
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     max_real_photos: Annotated[int, typer.Option(min=1)] = 10_000,
+    start_from: Annotated[
+        str,
+        typer.Option(
+            help="Weights the training starts from: the DigiFace DCGAN as shipped (digiface-dcgan, "
+            "with the embedded encoder), or a committed generator with its encoder (lfw-dcgan)."
+        ),
+    ] = "digiface-dcgan",
+    name: Annotated[
+        str, typer.Option(help="Weights name of the result (files <name>.pt and <name>_encoder.pt).")
+    ] = LFW_GENERATOR_WEIGHTS_NAME,
     out_dir: Annotated[
         Path | None, typer.Option(help="Where the weights go (default: the committed weights).")
     ] = None,
 ) -> None:
-    """Fine-tune the DigiFace DCGAN and its encoder on real faces (CPU, deterministic for a seed).
+    """Fine-tune a DCGAN and its encoder on real faces (CPU, deterministic for a seed).
 
     Writes the generator and encoder weights once the last step is done (recorded in the committed
     manifest when written there); until then, each run continues from --checkpoint.
@@ -90,6 +110,8 @@ def train_generator_command(
     with one_line_errors():
         import torch
 
+        from faceanonymixer.datasets import training_photos
+        from faceanonymixer.errors import InvalidRequestError
         from faceanonymixer.generators import DigiFaceGenerator
         from faceanonymixer.models.dcgan import load_digiface_dcgan, save_dcgan
         from faceanonymixer.models.latent_encoder import load_latent_encoder, save_latent_encoder
@@ -102,10 +124,20 @@ def train_generator_command(
         from faceanonymixer.weights import WEIGHTS_DIR, record_weights, weights_entry
 
         torch.manual_seed(seed)
-        generator = load_digiface_dcgan()
-        encoder = load_latent_encoder(weights_entry(ENCODER_WEIGHTS_NAME).path)
+        if start_from == "digiface-dcgan":
+            generator = load_digiface_dcgan()
+            encoder = load_latent_encoder(weights_entry(ENCODER_WEIGHTS_NAME).path)
+        elif start_from == LFW_GENERATOR_WEIGHTS_NAME:
+            generator = load_digiface_dcgan(weights_entry(start_from).path)
+            encoder = load_latent_encoder(weights_entry(LFW_ENCODER_WEIGHTS_NAME).path)
+        else:
+            raise InvalidRequestError(
+                f"--start-from is digiface-dcgan or {LFW_GENERATOR_WEIGHTS_NAME}, not {start_from!r}",
+                field="start_from",
+            )
         cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
-        faces = cached_training_faces(data, DigiFaceGenerator(generator), cache, limit=max_real_photos)
+        photos = training_photos(data, max_real_photos)
+        faces = cached_training_faces(photos, DigiFaceGenerator(generator), cache)
         config = GeneratorTraining(steps=steps, seed=seed)
         state = train_generator(
             generator, encoder, faces.pixels, config=config, checkpoint=checkpoint, stop_at=stop_at
@@ -116,24 +148,25 @@ def train_generator_command(
         target_dir = out_dir or WEIGHTS_DIR
         target_dir.mkdir(parents=True, exist_ok=True)
         command = _reproducing_command()
+        stem = name.replace("-", "_")
         written = {
-            LFW_GENERATOR_WEIGHTS_NAME: ("lfw_dcgan.pt", save_dcgan(generator, target_dir / "lfw_dcgan.pt")),
-            LFW_ENCODER_WEIGHTS_NAME: (
-                "lfw_dcgan_encoder.pt",
-                save_latent_encoder(encoder, target_dir / "lfw_dcgan_encoder.pt"),
+            name: (f"{stem}.pt", save_dcgan(generator, target_dir / f"{stem}.pt")),
+            f"{name}-encoder": (
+                f"{stem}_encoder.pt",
+                save_latent_encoder(encoder, target_dir / f"{stem}_encoder.pt"),
             ),
         }
-        for name, (file, sha256) in written.items():
+        for weights_name, (file, sha256) in written.items():
             if target_dir.resolve() == WEIGHTS_DIR.resolve():
-                record_weights(name, file, sha256, command)
+                record_weights(weights_name, file, sha256, command)
             typer.echo(f"{target_dir / file}  sha256 {sha256}")
-        for path in write_training_record(state, faces, data, target_dir, "lfw_dcgan"):
+        for path in write_training_record(state, faces, target_dir, stem):
             typer.echo(str(path))
 
 
 @models_app.command("identity-stats")
 def identity_stats_command(
-    data: Annotated[Path, typer.Option(help="Folder of <identity>/<image> training photos (lfw_train).")],
+    data: DataOption,
     recognizer: Annotated[str, typer.Option(help="Recognizer whose embedding space is measured.")] = "dlib",
     limit: Annotated[int, typer.Option(min=1, help="Photos to embed.")] = 4000,
     out_dir: Annotated[
@@ -143,6 +176,7 @@ def identity_stats_command(
     """Measure the centre of real faces in a recognizer's space and their principal axes (where
     key-derived targets are drawn); recorded in the committed manifest when written there."""
     with one_line_errors():
+        from faceanonymixer.datasets import training_photos
         from faceanonymixer.identity_stats import (
             embed_training_faces,
             identity_basis,
@@ -153,7 +187,9 @@ def identity_stats_command(
         from faceanonymixer.recognizers import load_recognizer
         from faceanonymixer.weights import WEIGHTS_DIR, record_weights
 
-        embeddings = embed_training_faces(data, load_recognizer(recognizer, device="cpu"), limit=limit)
+        embeddings = embed_training_faces(
+            training_photos(data, limit), load_recognizer(recognizer, device="cpu")
+        )
         target_dir = out_dir or WEIGHTS_DIR
         target_dir.mkdir(parents=True, exist_ok=True)
         mean_file = target_dir / f"{recognizer}_identity_mean.npy"
@@ -172,7 +208,7 @@ def identity_stats_command(
 
 @models_app.command("fit-identity-code")
 def fit_identity_code_command(
-    data: Annotated[Path, typer.Option(help="Folder of <identity>/<image> training photos (lfw_train).")],
+    data: DataOption,
     profile: Annotated[
         str, typer.Option(help="Profile whose generator, encoder and recognizer are used.")
     ] = "embedded",
@@ -186,7 +222,7 @@ def fit_identity_code_command(
     with one_line_errors():
         from dataclasses import replace
 
-        from faceanonymixer.datasets import list_identity_images
+        from faceanonymixer.datasets import training_photos
         from faceanonymixer.engine import ProtectionEngine
         from faceanonymixer.identity_code import (
             fit_identity_code_map,
@@ -200,7 +236,7 @@ def fit_identity_code_command(
             chosen = get_profile(profile)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--profile") from None
-        photos = [path for _, path in list_identity_images(data)[:limit]]
+        photos = training_photos(data, limit)
         # the map is what is being fitted: the engine runs without the committed one
         engine = ProtectionEngine(replace(chosen, identity_code_map=None))
         offsets, codes, used = measure_code_pairs(engine, photos)
@@ -311,7 +347,7 @@ def list_command(
 
     Presence is a file check only; `models verify` hashes.
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.model_zoo import effective_pin, resolve_models_dir
 
         directory = resolve_models_dir(models_dir)
@@ -371,7 +407,7 @@ def pull_command(
     URLs are tried in the manifest's order (the authors' first, mirrors after). A file is renamed into
     place only after its size and SHA-256 match; wrong bytes are deleted. Exit 2 on any failure.
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.model_zoo import DownloadOptions, pull_models, resolve_models_dir
 
         directory = resolve_models_dir(models_dir)
@@ -434,7 +470,7 @@ def verify_command(
     listed as MISSING but does not fail). Named models, or --profile, must all be present. Exit 1
     on any required file missing, and on any file that is wrong or has no pin.
     """
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.model_zoo import resolve_models_dir, verify_model
         from faceanonymixer.weights import committed_weights
 

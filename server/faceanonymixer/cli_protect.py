@@ -10,6 +10,7 @@ from faceanonymixer.cli_remote import Remote
 from faceanonymixer.imageio import RGBImage, decode_image_bytes
 from faceanonymixer.protection_key import ProtectionKey
 from faceanonymixer_client import Protection
+from faceanonymixer_client.errors import FaceAnonyMixerError
 
 if TYPE_CHECKING:
     from faceanonymixer.engine import Runtime
@@ -56,7 +57,13 @@ def protect_locally(
     steps: int | None,
     runtime: str = "torch",
     onnx_dir: Path | None = None,
+    threads: int | None = None,
+    progress: bool = False,
 ) -> list[ProtectedOutput]:
+    """Protect ``images`` (one subject) in this process; ``progress`` draws bars on stderr: the
+    photos as they are aligned, then the optimisation steps."""
+    from tqdm import tqdm
+
     from faceanonymixer.errors import InvalidRequestError
     from faceanonymixer.protector import Protector
 
@@ -65,8 +72,21 @@ def protect_locally(
     if runtime == "onnx" and onnx_dir is None:
         raise InvalidRequestError("--runtime onnx needs --onnx-dir", field="onnx_dir")
     overrides: dict[str, Any] = {} if steps is None else {"steps": steps}
-    protector = Protector(profile, runtime=cast("Runtime", runtime), onnx_dir=onnx_dir, **overrides)
-    results = protector.protect(list(images), key)
+    protector = Protector(
+        profile, runtime=cast("Runtime", runtime), onnx_dir=onnx_dir, threads=threads, **overrides
+    )
+    photo_bar = tqdm(total=len(images), desc="align", unit="photo", disable=not progress, leave=False)
+    step_bar = tqdm(desc="protect", unit="step", disable=not progress, leave=False)
+
+    def photo_done(done: int, total: int) -> None:
+        photo_bar.update(done - photo_bar.n)
+
+    def step_done(done: int, total: int) -> None:
+        step_bar.total = total
+        step_bar.update(done - step_bar.n)
+
+    with photo_bar, step_bar:
+        results = protector.protect(list(images), key, on_photo=photo_done, on_step=step_done)
     return [
         ProtectedOutput(
             pixels=result.face if crop else result.photo,
@@ -90,9 +110,19 @@ def protect_remotely(
     options: dict[str, Any] = {"paste_back": paste_back, "output_format": "png"}
     with remote.client(timeout) as client:
         if len(images) == 1:
-            results = [client.protect_detailed(images[0], key_id, **options)]
+            try:
+                results: list[Protection | FaceAnonyMixerError] = [
+                    client.protect_detailed(images[0], key_id, **options)
+                ]
+            except FaceAnonyMixerError as error:
+                error.input = str(images[0])
+                raise
         else:
-            results = client.protect_subject_detailed(images, key_id, **options)
+            results = client.protect_subject_detailed(images, key_id, return_exceptions=True, **options)
+    for path, result in zip(images, results, strict=True):
+        if isinstance(result, FaceAnonyMixerError):
+            result.input = str(path)
+            raise result
     return [
         ProtectedOutput(
             pixels=decode_image_bytes(result.image),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from faceanonymixer.cli_common import one_line_errors
+from faceanonymixer.cli_common import ThreadsOption, one_line_errors
 
 
 def serve(
@@ -21,6 +21,7 @@ def serve(
     ] = None,
     profile: Annotated[str | None, typer.Option(help="Model profile (default: embedded).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Engine worker threads.")] = None,
+    threads: ThreadsOption = None,
     queue_size: Annotated[
         int | None, typer.Option(min=0, help="Requests that may wait for a worker.")
     ] = None,
@@ -64,6 +65,7 @@ def serve(
                 "keystore": keystore,
                 "profile": profile,
                 "workers": workers,
+                "threads": threads,
                 "queue_size": queue_size,
                 "log_level": log_level,
             }
@@ -77,6 +79,7 @@ def serve(
             keystore=keystore,
             profile=profile,
             workers=workers,
+            threads=threads,
             queue_size=queue_size,
             metrics_listen=metrics_listen,
             reflection=reflection,

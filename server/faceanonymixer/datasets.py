@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset(
@@ -22,3 +23,25 @@ def list_identity_images(
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         pairs.extend((folder.name, path) for path in images[:max_images])
     return pairs
+
+
+def training_photos(roots: Sequence[str | Path], limit: int) -> list[Path]:
+    """Up to ``limit`` photos from the ``<identity>/<image>`` folders ``roots``, an equal share from
+    each, spread evenly over each folder's sorted listing.
+
+    Evenly spread rather than the first ones: folders sorted by name group photos by what the
+    name says (UTKFace's ``age_gender_race_date``), and the first thousand would all be young; an
+    equal share per folder keeps a small set (LFW) from being drowned by a large one.
+    """
+    if not roots:
+        raise ValueError("no training folders given")
+    share = max(1, limit // len(roots))
+    chosen: list[Path] = []
+    for root in roots:
+        paths = [path for _, path in list_identity_images(root)]
+        if len(paths) <= share:
+            chosen.extend(paths)
+            continue
+        step = len(paths) / share
+        chosen.extend(paths[int(index * step)] for index in range(share))
+    return chosen

@@ -403,8 +403,17 @@ def _percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.0%}"
 
 
-def run_demo(photo_set: PhotoSet, out: Path, *, progress: Progress | None = None) -> DemoReport:
-    """Serve in-process, enroll, revoke, re-enroll and judge; write grid.png and summary.json."""
+def run_demo(
+    photo_set: PhotoSet,
+    out: Path,
+    *,
+    progress: Progress | None = None,
+    threads: int | None = None,
+    steps: int | None = None,
+) -> DemoReport:
+    """Serve in-process, enroll, revoke, re-enroll and judge; write grid.png and summary.json.
+    ``steps`` overrides the profile's optimisation steps (a quick look; the rates need the
+    profile's own)."""
     started = time.perf_counter()
     say = progress or (lambda _: None)
     from faceanonymixer.evaluation.judges import DlibJudge
@@ -423,11 +432,12 @@ def run_demo(photo_set: PhotoSet, out: Path, *, progress: Progress | None = None
             listen="127.0.0.1:0",
             keystore=f"sqlite:///{Path(keys_dir) / 'keys.db'}",
             workers=1,
-            torch_threads=2,
+            threads=threads,
             tokens={},
             metrics_listen="",
             reflection=False,
             max_images_per_request=max(16, largest),
+            optimisation={} if steps is None else {"steps": steps},
             shutdown_grace_seconds=5,
             log_level="INFO",
         ).model_copy(update={"tls_cert_file": None, "tls_key_file": None, "tls_client_ca_file": None})

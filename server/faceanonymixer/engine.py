@@ -67,6 +67,8 @@ ATTRIBUTE_POOL = 16
 VIEW_SEED = 20250701
 
 StopCheck = Callable[[], bool]
+#: called after each optimisation step with (steps done, steps in all)
+StepCallback = Callable[[int, int], object]
 
 
 @dataclass
@@ -152,7 +154,7 @@ class ProtectionEngine:
         self.precision = _autocast_dtype(precision, self.device)
         self.passes = _forward_passes(self, runtime, onnx_dir)
         # NHWC convolutions: tensor cores on CUDA, oneDNN instead of the slow im2col path on CPU
-        # (about 20% per step on one face on this machine; README, "Performance")
+        # (about 20% per step on one face on this machine; docs/decisions/2026-12-04-engine-loop-speedups.md)
         set_memory_format(self.generator, torch.channels_last)
         set_memory_format(self.recognizer, torch.channels_last)
         size = self.generator.image_size
@@ -222,11 +224,13 @@ class ProtectionEngine:
         should_stop: StopCheck | None = None,
         keep_latents: bool = False,
         optimisation: OptimisationConfig | None = None,
+        on_step: StepCallback | None = None,
     ) -> list[list[ProtectionResult]]:
         """Protect every subject's photos; one optimisation batch for all of them.
 
         ``should_stop`` is called before every step; when it returns True the work stops with
-        :class:`ProtectionCancelledError` and nothing is returned. ``optimisation`` replaces the
+        :class:`ProtectionCancelledError` and nothing is returned. ``on_step`` hears of each
+        finished optimisation step (progress bars). ``optimisation`` replaces the
         engine's settings for this call (the evaluation's no-optimisation baseline uses it).
         """
         config = optimisation or self.config
@@ -254,7 +258,7 @@ class ProtectionEngine:
         target = torch.cat(targets)
 
         latent, trace = self._optimise(
-            real, synthetic_latents, target, original, owner, crops, composite, check, config
+            real, synthetic_latents, target, original, owner, crops, composite, check, config, on_step
         )
         optimised_at = time.perf_counter()
 
@@ -329,14 +333,23 @@ class ProtectionEngine:
         whose original embedding (the mean over its photos) is ``mean`` (1, dim)."""
         config = config or self.config
         centre = self.identity_centre
+        kept = config.kept_axes
+        target_axes = self._identity_axes(config.target_subspace, "target_subspace")
+        source_axes = self._identity_axes(config.source_axes, "source_axes")
         mapping = config.target_gain * key_target_map(
             key,
             self.profile.profile_id,
             mean.shape[1],
             config.target_rank,
-            self._identity_axes(config.target_subspace, "target_subspace"),
-            self._identity_axes(config.source_axes, "source_axes"),
-        ).to(self.device)
+            None if target_axes is None else target_axes[:, kept:],
+            None if source_axes is None else source_axes[:, kept:],
+        )
+        if kept:
+            # the group-level part of the identity stays as it is (kept_axes, profiles.py)
+            kept_part = self._identity_axes(kept, "kept_axes")
+            assert kept_part is not None
+            mapping = mapping + kept_part @ kept_part.T
+        mapping = mapping.to(self.device)
         target = target_identity(mean, centre, mapping)
         identity_code = None
         if self.identity_code_map is not None and config.synthetic_identity_weight > 0:
@@ -412,6 +425,7 @@ class ProtectionEngine:
         composite: Callable[[torch.Tensor], torch.Tensor],
         check: StopCheck,
         config: OptimisationConfig,
+        on_step: StepCallback | None = None,
     ) -> tuple[torch.Tensor, list[LossTrace]]:
         layout = self.generator.layout
         base = real.clone()
@@ -475,6 +489,8 @@ class ProtectionEngine:
             schedule.step()
             # kept on the device: reading them each step would stall a GPU's queue
             steps.append(torch.stack([per_face, anonymity, identity, attributes]).detach())
+            if on_step is not None:
+                on_step(step + 1, config.steps)
         values = torch.stack(steps).cpu().tolist() if steps else []  # (steps, 4, faces)
         for step in values:
             for index, trace in enumerate(traces):

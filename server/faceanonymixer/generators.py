@@ -194,7 +194,7 @@ def _lfw_dcgan() -> Generator:
     entry = weights_entry("lfw-dcgan")
     # The key's face enters the centre cells 0.7 and the border cells 0.2 (against 0.5 everywhere):
     # with a uniform blend, everyone sharing one key also shared its hair and outline, which kept
-    # their protected faces alike to FaceNet (README, "The embedded generator").
+    # their protected faces alike to FaceNet (docs/decisions/2026-12-05-the-keys-face-in-the-centre-cells.md).
     return DigiFaceGenerator(
         load_digiface_dcgan(entry.path, sha256=entry.sha256), key_blend=0.2, centre_key_blend=0.7
     )

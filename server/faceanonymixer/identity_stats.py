@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,6 @@ import torch
 from tqdm import tqdm
 
 from faceanonymixer.alignment import FaceAligner
-from faceanonymixer.datasets import list_identity_images
 from faceanonymixer.embedding import embed_images
 from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
 from faceanonymixer.models.base import Recognizer
@@ -57,12 +57,12 @@ class IdentityBasis:
         return self.axes[:, :count]
 
 
-def embed_training_faces(root: Path, recognizer: Recognizer, *, limit: int) -> np.ndarray:
-    """Embeddings (N, D) of up to ``limit`` aligned photos under ``root``."""
-    items = tqdm(list_identity_images(root)[:limit], desc="embedding training faces", unit="photo")
+def embed_training_faces(photos: Sequence[Path], recognizer: Recognizer) -> np.ndarray:
+    """Embeddings (N, D) of the ``photos`` that align (``datasets.training_photos`` picks them)."""
+    items = tqdm([(path.parent.name, path) for path in photos], desc="embedding training faces", unit="photo")
     faces = embed_images(items, aligner=FaceAligner(), recognizer=recognizer)
     if not faces.labels:
-        raise FaceAnonyMixerError(f"no face could be aligned under {root}")
+        raise FaceAnonyMixerError("no face could be aligned in the training photos")
     return np.asarray(faces.embeddings)
 
 

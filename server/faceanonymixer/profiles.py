@@ -42,6 +42,10 @@ class OptimisationConfig:
     #: the key's map reads the photo's identity inside this many principal axes of real
     #: identities, where people differ more than one person's photos do; 0: all of it
     source_axes: int = 0
+    #: the target keeps the photo's identity along this many top principal axes as it is (where
+    #: groups differ: skin tone, gender, age) and the key rotates only the rest, so that a target
+    #: stays where faces like the photo's are, which the generator can render; 0: rotate it all
+    kept_axes: int = 0
     #: the key's face from the subject's identity inside this many principal axes of real
     #: identities (where a fitted code map gives the subject's part of it): the coarse part, which
     #: varies less between one person's photos than the whole; 0: the whole identity
@@ -80,6 +84,13 @@ class OptimisationConfig:
             raise ValueError("target_subspace must be 0 (the whole space) or at least target_rank")
         if self.source_axes and self.source_axes < self.target_rank:
             raise ValueError("source_axes must be 0 (the whole identity) or at least target_rank")
+        if self.kept_axes < 0:
+            raise ValueError("kept_axes must be 0 or a number of axes")
+        rotated = min(self.source_axes, self.target_subspace) - self.kept_axes
+        if self.kept_axes and not (self.source_axes and self.target_subspace and rotated >= self.target_rank):
+            raise ValueError(
+                "kept_axes needs source_axes and target_subspace, each at least kept_axes + target_rank"
+            )
         if self.early_stop_tolerance < 0 or self.early_stop_patience < 1:
             raise ValueError("early_stop_tolerance must not be negative, early_stop_patience at least 1")
 
@@ -121,7 +132,7 @@ class Profile:
 #: 0.87 for real faces); aiming farther from the centre restores the spread. Measured with dlib's
 #: C++ judge, own-key impostor non-match / same-key genuine match: gain 1 0.58 / 1.00, 1.75
 #: 0.956 / 1.00, 2.25 0.996 / 1.00 (deepface + fr_examples, 17 people); on 8 lfw people x 2 photos
-#: genuine match fell to 0.86 at 2.0 and 0.75 at 2.5 (README, "Measured: protection").
+#: genuine match fell to 0.86 at 2.0 and 0.75 at 2.5 (docs/decisions/2026-11-25-digiface-target-gain.md).
 EMBEDDED_DIGIFACE = Profile(
     profile_id="embedded-digiface",
     generator="digiface-dcgan",
@@ -136,8 +147,8 @@ EMBEDDED_DIGIFACE = Profile(
 #: its encoder (``models train-generator``), for a key per person and for one key shared by a
 #: whole application alike. Same latent layout as the DigiFace DCGAN. The generator ("lfw-dcgan",
 #: ``generators.py``) starts the optimised feature map 0.7 from the key's face in its four centre
-#: cells and 0.2 in the border cells, so people sharing one key do not share its outline (README,
-#: "The key's face in the centre"). On top of that, so that people sharing one key stay apart
+#: cells and 0.2 in the border cells, so people sharing one key do not share its outline (docs/decisions/
+#: 2026-12-05-the-keys-face-in-the-centre-cells.md). On top of that, so that people sharing one key stay apart
 #: while one person's photos stay together:
 #:
 #: * the key's face is drawn from each person's target identity (synthetic_identity_weight 1,
@@ -150,19 +161,19 @@ EMBEDDED_DIGIFACE = Profile(
 #: * each photo's identity is read from it and its mirror image (original_views 2);
 #: * the loss sees the protected face's plain and mirrored views in turn, one a step
 #:   (views_per_step 1): a step costs one recognizer pass instead of two, about a third less
-#:   time, with the same rates within noise (README, "The views in turn");
+#:   time, with the same rates within noise (docs/decisions/2026-12-06-views-in-turn.md);
 #: * the loop starts from the encoder's code as it is (inversion_steps 0, as the published loop
 #:   starts from e4e's): refining it toward each photo's pixels and dlib identity made the start
 #:   carry what differs between one person's photos. Without it, pooled over nine runs (all 120
 #:   lfw people), FaceNet's same-key genuine match rose from 0.783 to 0.821 and dlib's shared-key
 #:   impostor non-match from 0.980 to 0.986, dlib's same-key genuine match fell from 0.934 to
-#:   0.896 (its target 0.88), and a call takes about 0.76 of the time (README, "Starting from
-#:   the encoder's code").
+#:   0.896 (its target 0.88), and a call takes about 0.76 of the time (docs/decisions/
+#:   2026-12-06-start-from-the-encoders-code.md).
 #:
 #: These were the ``embedded-shared-key`` profile's settings until 2026-12-06; they beat the
 #: per-person settings ``embedded`` had (key's face from the key alone, targets anywhere at gain
 #: 3.0) on every measure, so they became the default and the second profile went. Pooled over five
-#: runs (README, "One default for both kinds of key"). The earlier settings are
+#: runs (docs/decisions/2026-12-06-one-default-for-both-kinds-of-key.md). The earlier settings are
 #: ``--override synthetic_identity_weight=0 --override target_subspace=0 --override
 #: target_rank=64 --override source_axes=0 --override target_gain=3.0 --override
 #: original_views=1 --override start_axes=0 --override views_per_step=0 --override

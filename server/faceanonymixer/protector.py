@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from faceanonymixer.engine import ProtectionEngine, ProtectionResult, Runtime, StopCheck, Subject
+from faceanonymixer.engine import (
+    ProtectionEngine,
+    ProtectionResult,
+    Runtime,
+    StepCallback,
+    StopCheck,
+    Subject,
+)
+from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.imageio import ImageInput
 from faceanonymixer.profiles import get_profile
 from faceanonymixer.protection_key import ProtectionKey, as_key
 from faceanonymixer.recognizers import default_device
+from faceanonymixer.threads import threads_setting, torch_threads
 
 
 class Protector:
@@ -28,6 +37,8 @@ class Protector:
     enrollment); a single image is the independent probe. ``optimisation`` overrides the
     profile's settings by name (``steps=50``, ``lambda_anon=10``, ...). ``runtime="onnx"`` with
     ``onnx_dir`` runs the gradient-free passes on onnxruntime (:class:`ProtectionEngine`).
+    ``threads``: torch CPU threads of each call (:mod:`faceanonymixer.threads`; default
+    ``FACEANONYMIXER_THREADS``, else chosen per call: every idle core, one while other work runs).
     """
 
     def __init__(
@@ -37,8 +48,10 @@ class Protector:
         device: str | torch.device | None = None,
         runtime: Runtime = "torch",
         onnx_dir: str | Path | None = None,
+        threads: int | None = None,
         **optimisation: Any,
     ) -> None:
+        self.threads = threads_setting(threads)
         chosen = get_profile(profile)
         self.engine = ProtectionEngine(
             chosen,
@@ -55,19 +68,41 @@ class Protector:
         *,
         keep_latents: bool = False,
         should_stop: StopCheck | None = None,
+        on_photo: Callable[[int, int], object] | None = None,
+        on_step: StepCallback | None = None,
     ) -> list[ProtectionResult]:
         """One :class:`ProtectionResult` per image, in input order.
 
         Raises the typed errors of :mod:`faceanonymixer.errors` (bad image, no face, bad key,
-        cancelled); when one photo fails, none is protected.
+        cancelled), with ``error.input`` naming the image at fault (its path, else ``images[i]``);
+        when one photo fails, none is protected. ``on_photo`` hears of each photo aligned (done,
+        all) and ``on_step`` of each optimisation step (done, all): progress bars.
         """
         protection_key = as_key(key)
         batch = _as_batch(images)
         if not batch:
             raise ValueError("no images to protect")
-        faces = [self.engine.prepare(image) for image in batch]
-        subject = Subject(faces=faces, key=protection_key)
-        return self.engine.protect([subject], should_stop=should_stop, keep_latents=keep_latents)[0]
+        with torch_threads(self.threads):
+            faces = []
+            for index, image in enumerate(batch):
+                try:
+                    faces.append(self.engine.prepare(image))
+                except FaceAnonyMixerError as error:
+                    error.input = _input_name(image, index)
+                    raise
+                if on_photo is not None:
+                    on_photo(index + 1, len(batch))
+            subject = Subject(faces=faces, key=protection_key)
+            return self.engine.protect(
+                [subject], should_stop=should_stop, keep_latents=keep_latents, on_step=on_step
+            )[0]
+
+
+def _input_name(image: ImageInput, index: int) -> str:
+    """A path as the caller gave it; an image given as data by its place in the call."""
+    if isinstance(image, str | os.PathLike):
+        return os.fspath(image)
+    return f"images[{index}]"
 
 
 def _as_batch(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:

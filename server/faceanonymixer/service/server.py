@@ -31,7 +31,7 @@ from faceanonymixer.service.metrics import ServiceMetrics
 from faceanonymixer.service.servicers import CallGuard, KeyServicer, ProtectionServicer
 from faceanonymixer.service.settings import ServiceSettings, SettingsError, split_address
 from faceanonymixer.service.workers import EnginePool
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
 log = logging.getLogger("faceanonymixer.service")
 
@@ -153,7 +153,7 @@ async def _serve_with(
         build_engine,
         workers=settings.workers,
         queue_size=settings.queue_size,
-        torch_threads=settings.torch_threads,
+        threads=settings.threads,
     )
     metrics.watch(lambda: pool.queue_depth, lambda: pool.busy_workers)
     limits = [

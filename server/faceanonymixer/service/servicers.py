@@ -35,7 +35,7 @@ from faceanonymixer.service.status import (
     status_for,
 )
 from faceanonymixer.service.workers import DeadlineExceededError, EnginePool
-from faceanonymixer.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
+from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
 log = logging.getLogger("faceanonymixer.service")
 

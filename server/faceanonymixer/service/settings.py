@@ -72,7 +72,12 @@ class ServiceSettings(BaseSettings):
     queue_size: int = Field(
         8, ge=0, description="Requests that may wait for a worker before RESOURCE_EXHAUSTED."
     )
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads per worker; 0 = CPU cores / workers.")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="torch threads per worker; 0: per job, the worker's idle share of the cores "
+        "(one while other work runs).",
+    )
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="gRPC send/receive message limit.")
     max_images_per_request: int = Field(16, ge=1, description="Most photos in one ProtectFaces call.")
     max_output_size: int = Field(1024, ge=16, description="Largest output_size a request may ask for.")
@@ -100,6 +105,14 @@ class ServiceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_settings(cls, data: Any) -> Any:
+        # unknown keys are ignored, so a renamed one would silently fall back to its default
+        if isinstance(data, dict) and "torch_threads" in data:
+            raise ValueError("torch_threads is now called threads")
+        return data
 
     @field_validator("listen")
     @classmethod

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -24,6 +23,7 @@ from google.rpc import code_pb2
 from faceanonymixer.engine import ProtectionEngine, StopCheck
 from faceanonymixer.errors import ProtectionCancelledError
 from faceanonymixer.service.status import Reason, ServiceError, rich_status
+from faceanonymixer.threads import AUTO, threads_for_call, torch_threads, usable_cores
 
 T = TypeVar("T")
 Work = Callable[[ProtectionEngine, StopCheck], T]
@@ -58,11 +58,20 @@ class EnginePool:
     """``workers`` threads, each owning one :class:`ProtectionEngine` (engines are not shared)."""
 
     def __init__(
-        self, engine_factory: EngineFactory, *, workers: int, queue_size: int, torch_threads: int = 0
+        self,
+        engine_factory: EngineFactory,
+        *,
+        workers: int,
+        queue_size: int,
+        threads: int = AUTO,
+        cores: int | None = None,
     ) -> None:
+        """``threads``: torch threads per worker (:mod:`faceanonymixer.threads`; 0 chooses per
+        job among the worker's share of ``cores``, default the usable cores)."""
         self._factory = engine_factory
         self.workers = workers
-        self._torch_threads = torch_threads or max(1, (os.cpu_count() or 1) // workers)
+        self._threads_setting = threads
+        self._core_share = max(1, (cores or usable_cores()) // workers)
         # admission (_has_room) keeps it at queue_size waiting jobs plus one per idle worker
         self._queue: queue.Queue[_Job[Any] | None] = queue.Queue(maxsize=queue_size + workers)
         self._queue_size = queue_size
@@ -191,7 +200,8 @@ class EnginePool:
                 self._busy += 1
             job.started_at = time.monotonic()
             try:
-                result = job.work(engine, job.should_stop)
+                with torch_threads(self._threads_setting, share=self._core_share):
+                    result = job.work(engine, job.should_stop)
             except ProtectionCancelledError as error:
                 # the engine stops the same way for both; only the caller's going away is a cancel
                 _settle(job, error=error if job.cancelled.is_set() else DeadlineExceededError())
@@ -207,7 +217,7 @@ class EnginePool:
     def _load(self) -> ProtectionEngine | None:
         import torch
 
-        torch.set_num_threads(self._torch_threads)
+        torch.set_num_threads(threads_for_call(self._threads_setting, share=self._core_share))
         try:
             engine = self._factory()
         except BaseException as error:

@@ -16,6 +16,7 @@ Deterministic for a seed (CPU, fixed thread count), resumable from its checkpoin
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from faceanonymixer.alignment import FaceAligner, crop_to_template
-from faceanonymixer.datasets import list_identity_images
 from faceanonymixer.embedding import chips_to_tensor
 from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.generators import Generator
@@ -56,13 +56,13 @@ class TrainingFaces:
 
 
 def aligned_training_faces(
-    root: Path, generator: Generator, *, limit: int, aligner: FaceAligner | None = None
+    photos: Sequence[Path], generator: Generator, *, aligner: FaceAligner | None = None
 ) -> TrainingFaces:
-    """The first ``limit`` photos under ``root`` (sorted by identity, then name) that align."""
+    """The ``photos`` that align (``datasets.training_photos`` picks them), cut onto the generator's
+    landmark template."""
     aligner = aligner or FaceAligner()
     crops, used = [], []
-    items = list_identity_images(root)[:limit]
-    for _, path in tqdm(items, desc="aligning training faces", unit="photo"):
+    for path in tqdm(photos, desc="aligning training faces", unit="photo"):
         try:
             pixels = load_image(path)
             aligned = aligner.align(pixels)
@@ -74,7 +74,7 @@ def aligned_training_faces(
         crops.append(crop)
         used.append(path)
     if not crops:
-        raise FaceAnonyMixerError(f"no face could be aligned under {root}")
+        raise FaceAnonyMixerError("no face could be aligned in the training photos")
     return TrainingFaces(chips_to_tensor(crops) / 127.5 - 1.0, used)
 
 

@@ -23,6 +23,7 @@ the sampler), with a progress bar of the losses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -227,32 +228,36 @@ def _resumable(settings: dict[str, object]) -> dict[str, object]:
     return {name: value for name, value in settings.items() if name not in ("steps", "checkpoint_every")}
 
 
-def cached_training_faces(data: Path, generator: Generator, cache: Path, *, limit: int) -> TrainingFaces:
-    """Aligned crops of ``data`` (the first ``limit`` photos that align), cached in ``cache``: the
-    alignment takes minutes and every continued run needs the same crops."""
+def photo_names(photos: Sequence[Path]) -> list[str]:
+    """Each photo as ``<set>/<identity>/<image>``: which data set it came from, without the
+    machine's own folders (training records and caches name photos so)."""
+    return [Path(*path.parts[-3:]).as_posix() for path in photos]
+
+
+def cached_training_faces(photos: Sequence[Path], generator: Generator, cache: Path) -> TrainingFaces:
+    """Aligned crops of ``photos`` (those that align), cached in ``cache``: the alignment takes
+    minutes and every continued run needs the same crops."""
+    names = photo_names(photos)
     if cache.exists():
         payload = torch.load(cache, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("limit") != limit:
+        if not isinstance(payload, dict) or payload.get("selected") != names:
             raise FaceAnonyMixerError(f"{cache} holds other training faces; delete it to align again")
-        return TrainingFaces(payload["pixels"], [data / name for name in payload["photos"]])
-    faces = aligned_training_faces(data, generator, limit=limit)
-    payload = {
-        "pixels": faces.pixels,
-        "photos": [path.relative_to(data).as_posix() for path in faces.paths],
-        "limit": limit,
-    }
+        by_name = dict(zip(names, photos, strict=True))
+        return TrainingFaces(payload["pixels"], [by_name[name] for name in payload["photos"]])
+    faces = aligned_training_faces(photos, generator)
+    payload = {"pixels": faces.pixels, "photos": photo_names(faces.paths), "selected": names}
     _save_atomically(payload, cache)
     return faces
 
 
 def write_training_record(
-    state: GeneratorTrainingState, faces: TrainingFaces, data: Path, out_dir: Path, stem: str
+    state: GeneratorTrainingState, faces: TrainingFaces, out_dir: Path, stem: str
 ) -> tuple[Path, Path]:
-    """What was trained on and what came out: ``<stem>_photos.txt`` (the photos, relative to
-    ``data``) and ``<stem>_samples.png`` (two rows of samples from seed 0, then real crops over
-    their reconstructions G(E(x)))."""
+    """What was trained on and what came out: ``<stem>_photos.txt`` (the photos as
+    ``<set>/<identity>/<image>``) and ``<stem>_samples.png`` (two rows of samples from seed 0,
+    then real crops over their reconstructions G(E(x)))."""
     photos = out_dir / f"{stem}_photos.txt"
-    write_atomic(photos, "".join(f"{path.relative_to(data).as_posix()}\n" for path in faces.paths).encode())
+    write_atomic(photos, "".join(f"{name}\n" for name in photo_names(faces.paths)).encode())
     columns = 12
     with torch.no_grad():
         z = torch.randn(2 * columns, Z_DIM, generator=torch.Generator().manual_seed(0))

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from faceanonymixer.v1 import protection_pb2 as faceanonymixer_dot_v1_dot_protection__pb2
+from faceanonymixer_proto.v1 import protection_pb2 as faceanonymixer_dot_v1_dot_protection__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
