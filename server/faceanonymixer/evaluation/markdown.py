@@ -314,11 +314,15 @@ def _cells_section(report: dict[str, Any]) -> list[str]:
 
 
 def _skipped(report: dict[str, Any]) -> list[str]:
-    skipped = [("all sets", entry) for entry in report.get("skipped_measures") or []]
+    # one line per (measure, reason), naming every group it holds for (a single set repeats "all sets")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for entry in report.get("skipped_measures") or []:
+        groups.setdefault((entry["measure"], entry["reason"]), []).append("all sets")
     for name, entry in (report.get("sets") or {}).items():
-        skipped += [(name, item) for item in entry.get("skipped_measures") or []]
-    if not skipped:
+        for item in entry.get("skipped_measures") or []:
+            groups.setdefault((item["measure"], item["reason"]), []).append(name)
+    if not groups:
         return []
     lines = ["## Not measured", ""]
-    lines += [f"- {group}: `{entry['measure']}`: {entry['reason']}" for group, entry in skipped]
+    lines += [f"- {', '.join(where)}: `{measure}`: {reason}" for (measure, reason), where in groups.items()]
     return [*lines, ""]

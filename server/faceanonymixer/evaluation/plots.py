@@ -330,12 +330,17 @@ def cell_rates_plot(
     measures = list(
         dict.fromkeys(name for panel in panels.values() for rates in panel.values() for name in rates)
     )
-    figure = _new_figure(4.2 * len(panels) + 1.5, 1.0 + 0.22 * max(1, len(groups)) * max(1, len(measures)))
+    from matplotlib.patches import Patch
+
+    most = max(len({name for rates in panel.values() for name in rates}) for panel in panels.values())
+    figure = _new_figure(4.2 * len(panels) + 1.5, 2.0 + 0.22 * max(1, len(groups)) * max(1, most))
     axes_list = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    height = 0.8 / max(1, len(measures))
     positions = np.arange(len(groups))[::-1].astype(np.float64)
     for axes, (panel_title, panel) in zip(axes_list, panels.items(), strict=True):
-        for index, measure in enumerate(measures):
+        # each panel spreads its own rates over the row; a rate keeps one colour in every panel
+        own = [name for name in measures if any(name in rates for rates in panel.values())]
+        height = 0.8 / max(1, len(own))
+        for index, measure in enumerate(own):
             values = [panel.get(group, {}).get(measure) for group in groups]
             shown = [(p, v) for p, v in zip(positions, values, strict=True) if v is not None]
             offset = 0.4 - height * (index + 0.5)
@@ -343,16 +348,15 @@ def cell_rates_plot(
                 [p + offset for p, _ in shown],
                 [v for _, v in shown],
                 height=height,
-                color=f"C{index % 10}",
-                label=measure,
+                color=f"C{measures.index(measure) % 10}",
             )
         axes.set_xlim(0.0, 1.0)
         axes.set_title(panel_title)
         axes.grid(True, axis="x", color="0.85")
         axes.set_yticks(positions, groups)
-    handles, labels = axes_list[0].get_legend_handles_labels()
+    handles = [Patch(color=f"C{index % 10}", label=name) for index, name in enumerate(measures)]
     figure.legend(
-        handles, labels, loc="outside lower center", ncols=min(3, len(labels) or 1), fontsize="small"
+        handles=handles, loc="outside lower center", ncols=min(3, len(handles) or 1), fontsize="small"
     )
     figure.suptitle(title)
     return _save_figure(figure, path)
