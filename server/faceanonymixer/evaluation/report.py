@@ -492,6 +492,28 @@ _PLOTTED_RATES = {
 }
 
 
+def cell_panels(cells: dict[str, Any], judges: list[str]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """The panels of ``cells.png`` from report.json's ``cells``: one per judge, and the attributes kept."""
+    panels: dict[str, dict[str, dict[str, float | None]]] = {}
+    for judge in judges:
+        threshold = next(iter(cells.values()))[judge]["threshold"]
+        panels[f"{judge} (threshold {threshold:.3g})"] = {
+            f"{name} ({cell['count']})": {
+                label: cell[judge].get(key) for label, key in _PLOTTED_RATES.items()
+            }
+            for name, cell in cells.items()
+        }
+    if any(cell.get("attributes") for cell in cells.values()):
+        panels["attributes kept (own key)"] = {
+            f"{name} ({cell['count']})": {
+                "gender agreement": (cell.get("attributes") or {}).get("gender_agreement"),
+                "age group within one": (cell.get("attributes") or {}).get("age_group_within_one"),
+            }
+            for name, cell in cells.items()
+        }
+    return panels
+
+
 def write_group_figures(out: Path, run: ProtectionRun, cells: dict[str, Any], judges: list[str]) -> list[str]:
     """``cells.png`` (rates per cell and judge, with the attributes kept) when there are cells, and
     ``grid_cells.png``: original | own key | shared key for a few faces of every cell (or set).
@@ -500,23 +522,9 @@ def write_group_figures(out: Path, run: ProtectionRun, cells: dict[str, Any], ju
 
     written: list[Path] = []
     if cells:
-        panels: dict[str, dict[str, dict[str, float | None]]] = {}
-        for judge in judges:
-            panels[f"{judge} (threshold {next(iter(cells.values()))[judge]['threshold']:.3g})"] = {
-                f"{name} ({cell['count']})": {
-                    label: cell[judge].get(key) for label, key in _PLOTTED_RATES.items()
-                }
-                for name, cell in cells.items()
-            }
-        if any("attributes" in cell for cell in cells.values()):
-            panels["attributes kept (own key)"] = {
-                f"{name} ({cell['count']})": {
-                    "gender agreement": cell["attributes"]["gender_agreement"],
-                    "age group within one": cell["attributes"]["age_group_within_one"],
-                }
-                for name, cell in cells.items()
-            }
-        written.append(plots.cell_rates_plot(panels, out / "cells.png", "Rates per group"))
+        written.append(
+            plots.cell_rates_plot(cell_panels(cells, judges), out / "cells.png", "Rates per group")
+        )
     # one row per cell (or per set without cells): its first GRID_PER_CELL photos side by side
     groups: dict[str, list[np.ndarray | None]] = {}
     for photo in run.photos:
