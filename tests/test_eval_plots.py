@@ -164,3 +164,26 @@ def test_plots_do_not_import_pyplot(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path / "figure.png")], capture_output=True, text=True, check=True
     ).stdout
     assert output.split() == ["False", "True", "False"]
+
+
+def test_cell_rates_plot_and_a_grid_with_row_titles(tmp_path: Path) -> None:
+    from faceanonymixer.evaluation.plots import cell_rates_plot
+
+    panels = {
+        "dlib": {
+            "a (3)": {"shared key": 0.2, "unprotected": 0.9},
+            "b (4)": {"shared key": None, "unprotected": 1.0},
+        },
+        "attributes": {"a (3)": {"gender": 0.5}, "b (4)": {"gender": 1.0}},
+    }
+    _png(cell_rates_plot(panels, tmp_path / "cells.png"), min_size=(500, 200), max_size=(2000, 2000))
+    with pytest.raises(ValueError, match="at least one panel"):
+        cell_rates_plot({}, tmp_path / "none.png")
+    face = np.full((32, 32, 3), 90, np.uint8)
+    target = image_grid(
+        [[face, face], [face]], ["original", "own key"], tmp_path / "g.png", cell=32, row_titles=["x", "y"]
+    )
+    image = _png(target, min_size=(2 * 32 + 100, 2 * 32), max_size=(2 * 32 + 200, 2 * 32 + 60))
+    assert np.asarray(image.convert("RGB"))[30:60, 4:100].min() < 128  # the row titles are drawn
+    with pytest.raises(ValueError, match="row titles"):
+        image_grid([[face]], ["original"], tmp_path / "h.png", row_titles=["x", "y"])

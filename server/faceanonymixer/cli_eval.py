@@ -1,4 +1,4 @@
-"""``faceanonymixer eval``: measure the protection on a folder-per-identity dataset."""
+"""``faceanonymixer eval``: measure the protection on folder-per-identity sets (one photo each allowed)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,25 @@ from faceanonymixer.errors import InvalidRequestError
 
 
 def evaluate(
-    dataset: Annotated[Path, typer.Argument(help="Folder of <identity>/<image> photos.")],
+    datasets: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Folders of <identity>/<image> photos (one photo per folder allowed); each a set."
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(help="New or empty folder for the report (default: a new one here)."),
     ] = None,
     max_identities: Annotated[
-        int | None, typer.Option(min=2, help="Identities to use (sorted by name).")
+        int | None, typer.Option(min=2, help="Identities to use per set (sorted by name).")
     ] = None,
     max_images: Annotated[
         int | None, typer.Option(min=1, help="Photos per identity (sorted by name).")
+    ] = None,
+    per_cell: Annotated[
+        int | None,
+        typer.Option(min=1, help="At most this many identities per labelled group of a set (a seeded draw)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the keys and of the attack's identity split.")] = 0,
     profile: Annotated[str, typer.Option(help="Model profile.")] = "embedded",
@@ -38,15 +47,23 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json instead of report.md.")] = False,
 ) -> None:
     """Protect every photo (own key, a second key, one shared key), judge with independent
-    recognizers, and write report.json, report.md, plots and example faces into --out."""
+    recognizers, measure realism and the attributes kept, per set and per group of people, and
+    write report.json, report.md, plots and face grids into --out."""
     with one_line_errors():
         from faceanonymixer.evaluation.harness import EvalConfig
         from faceanonymixer.evaluation.judges import available_judges
         from faceanonymixer.evaluation.report import evaluate as run_evaluation
         from faceanonymixer.outputs import prepare_out_dir
 
-        if not dataset.is_dir():
-            raise NotADirectoryError(f"{dataset} is not a folder of <identity>/<image> photos")
+        for dataset in datasets:
+            if not dataset.is_dir():
+                raise NotADirectoryError(f"{dataset} is not a folder of <identity>/<image> photos")
+        names = [dataset.name for dataset in datasets]
+        if len(set(names)) != len(names):
+            raise InvalidRequestError(
+                f"two sets share a folder name ({', '.join(names)}): sets are named by their folder",
+                field="dataset",
+            )
         chosen = tuple(name.strip() for name in judges.split(",") if name.strip())
         unknown = sorted(set(chosen) - set(available_judges()))
         if unknown or not chosen:
@@ -55,9 +72,10 @@ def evaluate(
                 f"unknown judge(s) {', '.join(unknown)}; available: {known}", field="judges"
             )
         config = EvalConfig(
-            dataset=dataset,
+            datasets=tuple(datasets),
             max_identities=max_identities,
             max_images=max_images,
+            per_cell=per_cell,
             seed=seed,
             profile=profile,
             judges=chosen,

@@ -17,7 +17,7 @@ models_app = typer.Typer(help="Train, list and verify model weights.", no_args_i
 ENCODER_WEIGHTS_NAME = "embedded-encoder"
 LFW_GENERATOR_WEIGHTS_NAME = "lfw-dcgan"
 LFW_ENCODER_WEIGHTS_NAME = "lfw-dcgan-encoder"
-_NOT_REPRODUCED = ("--checkpoint", "--stop-at")
+_NOT_REPRODUCED = ("--checkpoint", "--stop-at", "--cache")
 #: ``--data`` of the training commands: one folder or several (an equal share from each)
 DataOption = Annotated[
     list[Path],
@@ -248,6 +248,53 @@ def fit_identity_code_command(
         if target_dir.resolve() == WEIGHTS_DIR.resolve():
             record_weights(name, target.name, sha256, _reproducing_command())
         typer.echo(f"{len(used)} of {len(photos)} photos; {target}  sha256 {sha256}")
+
+
+@models_app.command("fit-attributes")
+def fit_attributes_command(
+    data: Annotated[Path, typer.Option(help="UTKFace-named training photos, one folder each (utk_train).")],
+    per_cell: Annotated[
+        int | None, typer.Option(min=1, help="At most this many photos per race x gender cell.")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="An .npz of the FaceNet embeddings, reused when it matches.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where the classifiers go (default: the committed weights).")
+    ] = None,
+) -> None:
+    """Fit the evaluation's apparent-gender and age-group classifiers on FaceNet embeddings
+    (judges only, never in a loss); recorded in the committed manifest when written there.
+    UTKFace is for non-commercial research only, and so are the fitted coefficients."""
+    with one_line_errors():
+        from tqdm import tqdm
+
+        from faceanonymixer.evaluation.attributes import CLASSIFIERS_WEIGHTS_NAME
+        from faceanonymixer.evaluation.fit_attributes import TERMS, TRAINING_DATA, fit_from_photos
+        from faceanonymixer.weights import WEIGHTS_DIR, record_weights
+
+        if not data.is_dir():
+            raise NotADirectoryError(f"{data} is not a folder of UTKFace-named photos")
+        with tqdm(desc="embedding", unit="photo", disable=None) as bar:
+            classifiers, summary = fit_from_photos(data, per_cell=per_cell, cache=cache, progress=bar.update)
+        target_dir = out_dir or WEIGHTS_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"{CLASSIFIERS_WEIGHTS_NAME.replace('-', '_')}.npz"
+        sha256 = classifiers.save(target)
+        if target_dir.resolve() == WEIGHTS_DIR.resolve():
+            record_weights(
+                CLASSIFIERS_WEIGHTS_NAME,
+                target.name,
+                sha256,
+                _reproducing_command(),
+                data=f"{TRAINING_DATA}; {summary['embedded']} of {summary['photos']} photos embedded",
+                terms=TERMS,
+            )
+        typer.echo(
+            f"{summary['embedded']} of {summary['photos']} photos; 5-fold accuracy: gender "
+            f"{summary['gender_cv_accuracy']:.3f}, age group {summary['age_group_cv_accuracy']:.3f}; "
+            f"{target}  sha256 {sha256}"
+        )
 
 
 ModelsDirOption = Annotated[

@@ -241,19 +241,7 @@ class ProtectionEngine:
         check = should_stop or (lambda: False)
         timer = time.perf_counter()
 
-        chips = chips_to_tensor([f.chip.image for f in faces], self.device)
-        crops = chips_to_tensor([f.crop.image for f in faces], self.device) / 127.5 - 1.0
-        grids = torch.stack([f.grid for f in faces]).to(self.device)
-        masks = F.grid_sample(
-            self._mask.expand(len(faces), 1, -1, -1).to(self.device), grids, align_corners=False
-        )
-
-        def composite(generated: torch.Tensor) -> torch.Tensor:
-            pixels = F.grid_sample(
-                (generated + 1.0) * 127.5, grids, align_corners=False, padding_mode="border"
-            )
-            return masks * pixels + (1.0 - masks) * chips
-
+        chips, crops, composite = self._pixels(faces)
         original = self._original_embeddings(chips, config)
         real = self._invert(crops, original, composite, check, config)
         inverted_at = time.perf_counter()
@@ -298,6 +286,45 @@ class ProtectionEngine:
             result.timings.update(per_face, decode=face.decode_seconds, align=face.align_seconds)
             result.timings["total"] = sum(result.timings.values())
         return results
+
+    def _pixels(
+        self, faces: Sequence[PreparedFace]
+    ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """The faces' recognizer chips [0, 255], generator crops [-1, 1], and the map that pastes a
+        generated face into the chips with the feathered mask (what the loss recognizer sees)."""
+        chips = chips_to_tensor([f.chip.image for f in faces], self.device)
+        crops = chips_to_tensor([f.crop.image for f in faces], self.device) / 127.5 - 1.0
+        grids = torch.stack([f.grid for f in faces]).to(self.device)
+        masks = F.grid_sample(
+            self._mask.expand(len(faces), 1, -1, -1).to(self.device), grids, align_corners=False
+        )
+
+        def composite(generated: torch.Tensor) -> torch.Tensor:
+            pixels = F.grid_sample(
+                (generated + 1.0) * 127.5, grids, align_corners=False, padding_mode="border"
+            )
+            return masks * pixels + (1.0 - masks) * chips
+
+        return chips, crops, composite
+
+    def reconstruct(
+        self, faces: Sequence[PreparedFace], *, optimisation: OptimisationConfig | None = None
+    ) -> list[RGBImage]:
+        """The generator's own rendering of each face: its inverted latent (encoder, then the
+        profile's ``inversion_steps``) decoded with no key and no optimisation, on the template at
+        the output size: the evaluation's reference for the realism this generator allows at best."""
+        config = optimisation or self.config
+        if not faces:
+            return []
+        chips, crops, composite = self._pixels(faces)
+        # the refinement (when the profile has one) needs the photo's identity; the encoder does not
+        original = self._original_embeddings(chips, config) if config.inversion_steps else chips.new_zeros(0)
+        real = self._invert(crops, original, composite, lambda: False, config)
+        with torch.no_grad():
+            generated = self.generator.synthesize(real)
+        images = ((generated.detach().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        size = self.profile.output_size or self.generator.image_size
+        return [_resize(image.permute(1, 2, 0).numpy(), size) for image in images]
 
     def key_start_and_target(
         self, key: ProtectionKey, mean: torch.Tensor, config: OptimisationConfig | None = None

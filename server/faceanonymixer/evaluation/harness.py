@@ -3,8 +3,12 @@
 Protocol (what :func:`run_protection` and :func:`judge_embeddings` do)
 --------------------------------------------------------------------
 Data
-    ``<dataset>/<identity>/<image>``; identities and files in sorted order, the first
-    ``max_identities`` identities and ``max_images`` photos of each. Photos the engine cannot
+    One or several sets ``<set>/<identity>/<image>`` (the set is the folder's name); identities
+    and files in sorted order. Per set: with ``per_cell``, at most that many identities of each
+    labelled group (:mod:`faceanonymixer.evaluation.labels`; a draw fixed by the seed, since
+    sorted names may run by age), then the first ``max_identities`` identities and the first
+    ``max_images`` photos of each. A folder may hold one photo (a one-photo set such as UTKFace:
+    every photo its own identity). Labels are ``<set>/<identity>``. Photos the engine cannot
     decode or align (no face, several faces, not an image) are counted and skipped.
 Keys
     Derived from ``seed``: per identity a key A = sha256("<seed>:<identity>:A") and a second key
@@ -13,7 +17,9 @@ Protection
     Every photo is protected on its own (one subject per photo: the independent probe, as a
     deployed system protects each probe), under A, under B and under S, with the profile's
     optimisation; the ``naive_mix`` baseline does the same with no optimisation steps (the
-    inverted latent mixed with the key's latent, decoded). Photos are batched ``batch_size`` at a
+    inverted latent mixed with the key's latent, decoded), and the generator's reconstruction of
+    the photo (no key, no optimisation: ``ProtectionEngine.reconstruct``) is kept as a reference
+    for realism. Photos are batched ``batch_size`` at a
     time into one engine call (the faces of a batch optimise together but each with its own loss
     terms, so the result does not depend on the batching beyond float rounding). ``jobs`` worker
     processes share the work, each with ``cpu_count // jobs`` torch threads.
@@ -38,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from faceanonymixer.datasets import list_identity_images
+from faceanonymixer.evaluation.labels import PhotoLabels, label_photo
 from faceanonymixer.protection_key import ProtectionKey
 
 #: protected settings: own key A, second key B (cross-key), one key S shared by all identities
@@ -51,9 +58,12 @@ Progress = Callable[[int], object]
 
 @dataclass(frozen=True)
 class EvalConfig:
-    dataset: Path
+    #: one or several folders of <identity>/<image> photos, each a set named by its folder
+    datasets: tuple[Path, ...]
     max_identities: int | None = None
     max_images: int | None = None
+    #: at most this many identities per labelled group (cell) of each set
+    per_cell: int | None = None
     seed: int = 0
     profile: str = "embedded"
     judges: tuple[str, ...] = ("dlib", "facenet")
@@ -74,6 +84,20 @@ def key_for(seed: int, identity: str, setting: str) -> ProtectionKey:
     return derive_key(seed, "shared" if tag == "S" else identity, tag)
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One photo to protect: its set, identity folder, file and what is known of it."""
+
+    set_name: str
+    identity: str
+    path: Path
+    labels: PhotoLabels | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.set_name}/{self.identity}"
+
+
 @dataclass
 class Photo:
     identity: str
@@ -86,6 +110,14 @@ class Photo:
     faces: dict[str, np.ndarray] = field(default_factory=dict)
     #: setting -> seconds of this photo's share of its engine call (align + invert + optimise + encode)
     seconds: dict[str, float] = field(default_factory=dict)
+    set_name: str = ""
+    labels: PhotoLabels | None = None
+    #: the generator's reconstruction of the face (no key, no optimisation), on the template
+    reconstruction: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.set_name}/{self.identity}"
 
 
 @dataclass
@@ -93,9 +125,10 @@ class Failure:
     identity: str
     path: str
     error: str
+    set_name: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return {"identity": self.identity, "path": self.path, "error": self.error}
+        return {"set": self.set_name, "identity": self.identity, "path": self.path, "error": self.error}
 
 
 @dataclass
@@ -108,7 +141,13 @@ class ProtectionRun:
 
     @property
     def labels(self) -> list[str]:
-        return [photo.identity for photo in self.photos]
+        """``<set>/<identity>`` per photo: what pairs photos of one person."""
+        return [photo.label for photo in self.photos]
+
+    @property
+    def set_names(self) -> list[str]:
+        """The sets in the order they were given, those with a protected photo."""
+        return list(dict.fromkeys(photo.set_name for photo in self.photos))
 
 
 # ---- the worker side (one engine per process) -----------------------------------------------------
@@ -150,6 +189,8 @@ class _Done:
     results: dict[str, _SettingResults]
     #: photo index -> error message (the photo could not be decoded or aligned)
     failures: dict[int, str]
+    #: photo index -> the generator's reconstruction of the face
+    reconstructions: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def _protect(task: _Task) -> _Done:
@@ -169,6 +210,10 @@ def _protect(task: _Task) -> _Done:
     if not prepared:
         return done
     naive = engine.config.with_overrides(steps=0)
+    reconstructed = engine.reconstruct([face for _, _, face in prepared])
+    done.reconstructions = {
+        index: image for (index, _, _), image in zip(prepared, reconstructed, strict=True)
+    }
     for setting in task.settings:
         subjects = [
             Subject(faces=[face], key=key_for(task.seed, identity, setting)) for _, identity, face in prepared
@@ -184,14 +229,52 @@ def _protect(task: _Task) -> _Done:
 # ---- the driver -----------------------------------------------------------------------------------
 
 
-def list_photos(config: EvalConfig) -> list[tuple[str, Path]]:
-    return list_identity_images(
-        config.dataset, max_identities=config.max_identities, max_images=config.max_images
-    )
+def list_photos(config: EvalConfig) -> list[Listed]:
+    """Every photo of every set, in order (see the module docstring's *Data*)."""
+    names = [Path(dataset).name for dataset in config.datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the sets must have different folder names, got {', '.join(names)}")
+    listed: list[Listed] = []
+    for dataset in config.datasets:
+        photos = list_identity_images(dataset)
+        by_identity: dict[str, list[Path]] = {}
+        for identity, path in photos:
+            by_identity.setdefault(identity, []).append(path)
+        labels = {
+            identity: label_photo(dataset.name, identity, paths[0]) for identity, paths in by_identity.items()
+        }
+        identities = _per_cell(sorted(by_identity), labels, config.per_cell, config.seed)
+        for identity in identities[: config.max_identities]:
+            listed.extend(
+                Listed(dataset.name, identity, path, labels[identity])
+                for path in by_identity[identity][: config.max_images]
+            )
+    return listed
 
 
-def _tasks(config: EvalConfig, listed: Sequence[tuple[str, Path]], settings: tuple[str, ...]) -> list[_Task]:
-    indexed = [(index, identity, str(path)) for index, (identity, path) in enumerate(listed)]
+def _per_cell(
+    identities: list[str], labels: dict[str, PhotoLabels | None], per_cell: int | None, seed: int
+) -> list[str]:
+    """At most ``per_cell`` identities of each labelled group (a seeded draw), unlabelled ones all;
+    in their sorted order."""
+    if per_cell is None:
+        return identities
+    cells: dict[str, list[str]] = {}
+    for identity in identities:
+        known = labels[identity]
+        cells.setdefault(known.cell if known is not None else "", []).append(identity)
+    rng = np.random.default_rng(seed)
+    kept = set(cells.pop("", []))
+    for name in sorted(cells):
+        members = cells[name]
+        if len(members) > per_cell:
+            members = [members[i] for i in rng.choice(len(members), per_cell, replace=False)]
+        kept.update(members)
+    return [identity for identity in identities if identity in kept]
+
+
+def _tasks(config: EvalConfig, listed: Sequence[Listed], settings: tuple[str, ...]) -> list[_Task]:
+    indexed = [(index, photo.identity, str(photo.path)) for index, photo in enumerate(listed)]
     size = config.batch_size
     return [
         _Task(indexed[start : start + size], settings, config.seed) for start in range(0, len(indexed), size)
@@ -204,7 +287,8 @@ def run_protection(config: EvalConfig, *, progress: Progress | None = None) -> P
         raise ValueError("jobs and batch_size must be at least 1")
     listed = list_photos(config)
     if not listed:
-        raise ValueError(f"no photos found in {config.dataset} (expected <identity>/<image> files)")
+        shown = ", ".join(str(dataset) for dataset in config.datasets)
+        raise ValueError(f"no photos found in {shown} (expected <identity>/<image> files)")
     settings = SETTINGS if config.baselines else OPTIMISED
     threads = max(1, (os.cpu_count() or 1) // config.jobs)
     started = time.perf_counter()
@@ -230,7 +314,7 @@ def run_protection(config: EvalConfig, *, progress: Progress | None = None) -> P
 
 
 def _assemble(
-    listed: Sequence[tuple[str, Path]],
+    listed: Sequence[Listed],
     done: Sequence[_Done],
     settings: tuple[str, ...],
     threads: int,
@@ -240,11 +324,14 @@ def _assemble(
     failures: list[Failure] = []
     for batch in done:
         failures.extend(
-            Failure(listed[i][0], str(listed[i][1]), error) for i, error in sorted(batch.failures.items())
+            Failure(listed[i].identity, str(listed[i].path), error, listed[i].set_name)
+            for i, error in sorted(batch.failures.items())
         )
         for index, (original, original_face) in sorted(batch.originals.items()):
-            identity, path = listed[index]
-            photo = Photo(identity, path, original, original_face)
+            item = listed[index]
+            photo = Photo(item.identity, item.path, original, original_face)
+            photo.set_name, photo.labels = item.set_name, item.labels
+            photo.reconstruction = batch.reconstructions.get(index)
             for setting, results in batch.results.items():
                 photo.protected[setting], photo.faces[setting], photo.seconds[setting] = results[index]
             photos.append(photo)
@@ -252,13 +339,18 @@ def _assemble(
 
 
 def judge_embeddings(
-    run: ProtectionRun, judge: Any, *, progress: Progress | None = None
+    run: ProtectionRun,
+    judge: Any,
+    *,
+    progress: Progress | None = None,
+    settings: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """ "original" and each setting -> (n, d) embeddings of ``judge`` (NaN rows: no face found)."""
+    """ "original" and each setting (default: the run's) -> (n, d) embeddings of ``judge`` (NaN
+    rows: no face found)."""
     from faceanonymixer.evaluation.pairs import stack_embeddings
 
     embeddings: dict[str, np.ndarray] = {}
-    for setting in ("original", *run.settings):
+    for setting in ("original", *(run.settings if settings is None else settings)):
         found = []
         for photo in run.photos:
             image = photo.original if setting == "original" else photo.protected.get(setting)

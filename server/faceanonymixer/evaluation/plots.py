@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from faceanonymixer.evaluation.metrics import Unlinkability, det_curve_points, eer
 
-__all__ = ["det_plot", "image_grid", "score_histograms", "unlinkability_plot"]
+__all__ = ["cell_rates_plot", "det_plot", "image_grid", "score_histograms", "unlinkability_plot"]
 
 #: smallest and largest rate drawn on the probit scale (Phi^-1(0) would be -inf)
 RATE_CLIP = 1e-4
@@ -239,6 +239,7 @@ def unlinkability_plot(result: Unlinkability, path: PathLike, title: str = "Unli
 
 
 _TITLE_HEIGHT = 18
+_ROW_TITLE_WIDTH = 120
 _BLANK_GREY = (200, 200, 200)
 
 
@@ -268,30 +269,39 @@ def image_grid(
     column_titles: Sequence[str],
     path: PathLike,
     cell: int = 128,
+    *,
+    row_titles: Sequence[str] | None = None,
 ) -> Path:
     """A grid of uint8 RGB images under a row of column titles, one cell x cell square each.
 
     Images are scaled to fit and centred on white; None is a grey cell crossed out. Rows shorter
-    than the widest row (or than the titles) are padded with blank cells.
+    than the widest row (or than the titles) are padded with blank cells. ``row_titles`` (one per
+    row) are written in a margin on the left.
     """
     if cell < 16:
         raise ValueError(f"cell must be at least 16 pixels, got {cell}")
+    if row_titles is not None and len(row_titles) != len(rows):
+        raise ValueError(f"{len(row_titles)} row titles for {len(rows)} rows")
     columns = max([len(column_titles), *(len(row) for row in rows)])
     if columns == 0:
         raise ValueError("an image grid needs at least one column")
     gap = 2
-    width = columns * cell + (columns + 1) * gap
+    margin = _ROW_TITLE_WIDTH if row_titles is not None else 0
+    width = margin + columns * cell + (columns + 1) * gap
     height = _TITLE_HEIGHT + len(rows) * (cell + gap) + gap
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for column, text in enumerate(column_titles):
-        x = gap + column * (cell + gap)
+        x = margin + gap + column * (cell + gap)
         draw.text((x + 2, 3), _shorten(draw, text, font, cell - 4), fill="black", font=font)
     for row_index, row in enumerate(rows):
         top = _TITLE_HEIGHT + gap + row_index * (cell + gap)
+        if row_titles is not None:
+            title = _shorten(draw, row_titles[row_index], font, margin - 6)
+            draw.text((4, top + cell // 2 - 6), title, fill="black", font=font)
         for column in range(columns):
-            left = gap + column * (cell + gap)
+            left = margin + gap + column * (cell + gap)
             image = row[column] if column < len(row) else None
             if image is None:
                 box = (left, top, left + cell - 1, top + cell - 1)
@@ -302,3 +312,51 @@ def image_grid(
             picture = _fit(image, cell)
             canvas.paste(picture, (left + (cell - picture.width) // 2, top + (cell - picture.height) // 2))
     return _write_atomically(path, lambda handle: canvas.save(handle, format="PNG"))
+
+
+def cell_rates_plot(
+    panels: Mapping[str, Mapping[str, Mapping[str, float | None]]],
+    path: PathLike,
+    title: str = "Rates per group",
+) -> Path:
+    """One panel per entry of ``panels`` (e.g. a judge): horizontal bars of each named rate in
+    [0, 1] for each group (cell), groups top to bottom. A missing rate (None) draws no bar.
+
+    ``panels`` maps panel title -> group -> rate name -> rate.
+    """
+    if not panels:
+        raise ValueError("a per-group plot needs at least one panel")
+    groups = list(dict.fromkeys(group for panel in panels.values() for group in panel))
+    measures = list(
+        dict.fromkeys(name for panel in panels.values() for rates in panel.values() for name in rates)
+    )
+    from matplotlib.patches import Patch
+
+    most = max(len({name for rates in panel.values() for name in rates}) for panel in panels.values())
+    figure = _new_figure(4.2 * len(panels) + 1.5, 2.0 + 0.22 * max(1, len(groups)) * max(1, most))
+    axes_list = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    positions = np.arange(len(groups))[::-1].astype(np.float64)
+    for axes, (panel_title, panel) in zip(axes_list, panels.items(), strict=True):
+        # each panel spreads its own rates over the row; a rate keeps one colour in every panel
+        own = [name for name in measures if any(name in rates for rates in panel.values())]
+        height = 0.8 / max(1, len(own))
+        for index, measure in enumerate(own):
+            values = [panel.get(group, {}).get(measure) for group in groups]
+            shown = [(p, v) for p, v in zip(positions, values, strict=True) if v is not None]
+            offset = 0.4 - height * (index + 0.5)
+            axes.barh(
+                [p + offset for p, _ in shown],
+                [v for _, v in shown],
+                height=height,
+                color=f"C{measures.index(measure) % 10}",
+            )
+        axes.set_xlim(0.0, 1.0)
+        axes.set_title(panel_title)
+        axes.grid(True, axis="x", color="0.85")
+        axes.set_yticks(positions, groups)
+    handles = [Patch(color=f"C{index % 10}", label=name) for index, name in enumerate(measures)]
+    figure.legend(
+        handles=handles, loc="outside lower center", ncols=min(3, len(handles) or 1), fontsize="small"
+    )
+    figure.suptitle(title)
+    return _save_figure(figure, path)

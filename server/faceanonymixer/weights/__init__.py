@@ -26,6 +26,9 @@ class CommittedWeights:
     sha256: str
     #: the command that reproduces the file
     command: str
+    #: what it was trained on and the terms that come with that data ("" where not recorded)
+    data: str = ""
+    terms: str = ""
 
     @property
     def path(self) -> Path:
@@ -84,10 +87,14 @@ def weights_entry(name: str) -> CommittedWeights:
     return entry
 
 
-def record_weights(name: str, file: str, sha256: str, command: str) -> None:
-    """Add or replace one manifest entry (atomically)."""
+def record_weights(
+    name: str, file: str, sha256: str, command: str, *, data: str = "", terms: str = ""
+) -> None:
+    """Add or replace one manifest entry (atomically); ``data`` and ``terms`` name the training
+    data and its terms where they restrict the use of the weights."""
     entries = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     entries[name] = {"file": file, "sha256": sha256, "command": command}
+    entries[name].update({key: value for key, value in (("data", data), ("terms", terms)) if value})
     temporary = MANIFEST.with_suffix(".tmp")
     temporary.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     temporary.replace(MANIFEST)
