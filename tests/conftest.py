@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+# One torch thread in every test and in the processes tests start (they inherit it), unless the
+# caller set it: results then agree bit for bit with the 1-thread references the tests compute,
+# and a test on a busy machine is slower, never wrong (faceanonymixer.threads).
+os.environ.setdefault("FACEANONYMIXER_THREADS", "1")
+
 #: the labelled photo sets beside the repository; FACEANONYMIXER_FACES points elsewhere
 FACES_ROOT = Path(
     os.environ.get("FACEANONYMIXER_FACES", Path(__file__).resolve().parents[2] / "shared" / "faces")
