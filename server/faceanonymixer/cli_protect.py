@@ -75,8 +75,11 @@ def protect_locally(
     protector = Protector(
         profile, runtime=cast("Runtime", runtime), onnx_dir=onnx_dir, threads=threads, **overrides
     )
-    photo_bar = tqdm(total=len(images), desc="align", unit="photo", disable=not progress, leave=False)
-    step_bar = tqdm(desc="protect", unit="step", disable=not progress, leave=False)
+    # Every event is drawn (no rate limit): a photo or a step takes tens of milliseconds or more,
+    # and a fast run still ends each bar at its total rather than at whatever was last sampled.
+    bar_options: dict[str, Any] = {"disable": not progress, "leave": False, "mininterval": 0, "miniters": 1}
+    photo_bar = tqdm(total=len(images), desc="align", unit="photo", **bar_options)
+    step_bar = tqdm(desc="protect", unit="step", **bar_options)
 
     def photo_done(done: int, total: int) -> None:
         photo_bar.update(done - photo_bar.n)
