@@ -20,9 +20,8 @@ SCRIPT = REPO_ROOT / "scripts" / "generate_docs.py"
 REGENERATE = f"run `.venv/bin/python {SCRIPT.relative_to(REPO_ROOT).as_posix()}` and commit the result"
 #: the issue's bound on README: a user's guide, not a log
 README_MAX_LINES = 400
-#: pages README must link (docs/security.md and the threads record are written on other branches:
-#: linked already, checked once they exist)
-PENDING = {DOCS / "security.md", DECISIONS / "2026-12-07-threads.md"}
+#: pages README must link that are written on other branches: linked already, checked once they exist
+PENDING: set[Path] = set()
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 

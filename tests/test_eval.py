@@ -123,7 +123,7 @@ def dataset(faces_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def evaluated(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
     out = tmp_path_factory.mktemp("report") / "out"
     command = [sys.executable, "-m", "faceanonymixer.cli", "eval", str(dataset), "--out", str(out)]
-    command += ["--steps", "3", "--judges", "dlib,facenet", "--seed", "7"]
+    command += ["--steps", "3", "--judges", "dlib,facenet", "--seed", "7", "--threads", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=EVAL_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -169,6 +169,7 @@ def test_report_has_the_documented_schema(evaluated: tuple[Path, dict[str, Any],
         assert "1e-3" in judge["irreversibility"]["direct"] and "1e-3" in judge["irreversibility"]["learned"]
         assert set(report["baselines"]["naive_mix"][name]) >= {"anonymity", "cross_key", "protected_same_key"}
     assert report["cost"]["seconds_per_image"]["p50"] > 0
+    assert report["settings"]["torch_threads_per_job"] == 1  # --threads 1
     assert rates_in_range(report) == []
 
 
@@ -207,6 +208,11 @@ def test_bad_arguments_are_one_line_errors(
     done = subprocess.run(command + arguments, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "o" / "report.json").exists()
+    if arguments[0] == "--max-identities":
+        return  # a usage error found by the option parser: on stderr, --json or not
+    as_json = subprocess.run(command + [*arguments, "--json"], capture_output=True, text=True, timeout=120)
+    assert as_json.returncode == 2 and as_json.stderr == ""
+    assert message in json.loads(as_json.stdout)["error"]["message"]
 
 
 def test_missing_dataset_and_non_empty_out_are_refused(tmp_path: Path) -> None:

@@ -755,6 +755,26 @@ def test_the_cli_rotates_the_kek(tmp_path: Path) -> None:
     assert refused.exit_code != 0 and "does not open" in refused.stderr
 
 
+def test_key_commands_give_errors_as_json_with_json(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from faceanonymixer.cli import app
+
+    kek_file = tmp_path / "kek.bin"
+    kek_file.write_bytes(os.urandom(32))
+    kek_file.chmod(0o600)
+    env = {"FACEANONYMIXER_KEK_FILE": str(kek_file)}
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    for command in (["get", "fk_nobody"], ["revoke", "fk_nobody"]):
+        text = CliRunner().invoke(app, ["keys", *command, "--keystore", url], env=env)
+        as_json = CliRunner().invoke(app, ["keys", *command, "--keystore", url, "--json"], env=env)
+        assert text.exit_code == as_json.exit_code != 0
+        assert text.stdout == "" and text.stderr.startswith("error:")
+        assert as_json.stderr == "" and json.loads(as_json.stdout)["error"]["code"] == "NOT_FOUND"
+
+
 # -- profile revisions -------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from faceanonymixer.cli_common import one_line_errors
+from faceanonymixer.cli_common import ThreadsOption, one_line_errors
 from faceanonymixer.errors import InvalidRequestError
 
 
@@ -44,12 +44,13 @@ def evaluate(
     baselines: Annotated[
         bool, typer.Option("--baselines/--no-baselines", help="Also measure the naive mix (no optimisation).")
     ] = True,
+    threads: ThreadsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json instead of report.md.")] = False,
 ) -> None:
     """Protect every photo (own key, a second key, one shared key), judge with independent
     recognizers, measure realism and the attributes kept, per set and per group of people, and
     write report.json, report.md, plots and face grids into --out."""
-    with one_line_errors():
+    with one_line_errors(as_json):
         from faceanonymixer.evaluation.harness import EvalConfig
         from faceanonymixer.evaluation.judges import available_judges
         from faceanonymixer.evaluation.report import evaluate as run_evaluation
@@ -83,6 +84,7 @@ def evaluate(
             batch_size=batch_size,
             optimisation={} if steps is None else {"steps": steps},
             baselines=baselines,
+            threads=threads,
         )
         target = prepare_out_dir(out, default_prefix="faceanonymixer-eval")
         try:

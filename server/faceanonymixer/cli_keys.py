@@ -58,18 +58,19 @@ class KeyTarget:
         self.config = config
 
     @contextmanager
-    def calls(self) -> Iterator[Callable[[str, Any], Any]]:
-        """Yields ``call(method_name, request) -> response``."""
+    def calls(self, as_json: bool = False) -> Iterator[Callable[[str, Any], Any]]:
+        """Yields ``call(method_name, request) -> response``; errors end the command as
+        ``one_line_errors(as_json)`` says."""
         if self.remote is not None:
             remote = self.remote
-            with one_line_errors(), remote.channel() as channel:
+            with one_line_errors(as_json), remote.channel() as channel:
                 stub = keys_pb2_grpc.KeyServiceStub(channel)
                 yield lambda name, request: getattr(stub, name)(request, metadata=remote.metadata, timeout=30)
             return
         from faceanonymixer.service import key_operations
 
         tenant, actor = self.tenant, f"cli:{self.tenant}"
-        with one_line_errors(), _local_store(self.keystore, self.config) as (store, settings):
+        with one_line_errors(as_json), _local_store(self.keystore, self.config) as (store, settings):
             revision = key_operations.settings_revision(settings)
             local: dict[str, Callable[[Any], Any]] = {
                 "CreateKey": lambda request: key_operations.create_key(
@@ -147,7 +148,7 @@ def create(
     """Create a key (version 1) for a subject."""
     labels = _parse_labels(label or [])
     request = keys_pb2.CreateKeyRequest(subject=subject, labels=labels, profile_id=profile)
-    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls() as call:
+    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls(as_json) as call:
         key = call("CreateKey", request).key
         emit(as_json, key_dict(key), lambda: _render_key(key))
 
@@ -166,7 +167,7 @@ def revoke(
     as_json: JsonOption = False,
 ) -> None:
     """Revoke a key; prints its replacement (a new key id, the next version)."""
-    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls() as call:
+    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls(as_json) as call:
         reply = call("RevokeKey", keys_pb2.RevokeKeyRequest(key_id=key_id))
         payload = {**key_dict(reply.replacement_key), "revoked_key": key_dict(reply.revoked_key)}
 
@@ -191,7 +192,7 @@ def get(
     as_json: JsonOption = False,
 ) -> None:
     """Show one key."""
-    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls() as call:
+    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls(as_json) as call:
         key = call("GetKey", keys_pb2.GetKeyRequest(key_id=key_id)).key
         emit(as_json, key_dict(key), lambda: _render_key(key))
 
@@ -216,7 +217,7 @@ def list_keys(
     wanted = _STATE_NAMES.get(state or "", keys_pb2.KEY_STATE_UNSPECIFIED)
     request = keys_pb2.ListKeysRequest(page_size=500, state=wanted, subject=subject or "")
     keys: list[keys_pb2.Key] = []
-    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls() as call:
+    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls(as_json) as call:
         while True:
             page = call("ListKeys", request)
             keys.extend(page.keys)
@@ -244,7 +245,7 @@ def audit(
     as_json: JsonOption = False,
 ) -> None:
     """Print the audit log of the local key store, or verify it (exit 1 when it fails)."""
-    with one_line_errors(), _local_store(keystore, config) as (store, _):
+    with one_line_errors(as_json), _local_store(keystore, config) as (store, _):
         if verify:
             report = store.verify()
             payload = {
@@ -293,7 +294,7 @@ def rotate_kek(
     """
     from faceanonymixer.keystore import KeyEncryptionKey
 
-    with one_line_errors(), _local_store(keystore, config) as (store, _):
+    with one_line_errors(as_json), _local_store(keystore, config) as (store, _):
         new_kek = KeyEncryptionKey.from_file(new_kek_file)
         report = store.rotate_kek(new_kek, actor="cli:rotate-kek")
         payload = {

@@ -22,7 +22,8 @@ Protection
     for realism. Photos are batched ``batch_size`` at a
     time into one engine call (the faces of a batch optimise together but each with its own loss
     terms, so the result does not depend on the batching beyond float rounding). ``jobs`` worker
-    processes share the work, each with ``cpu_count // jobs`` torch threads.
+    processes share the work, each with the ``threads`` setting (``threads.py``) over its share of
+    the cores (``cores // jobs``).
 Judging
     Judges (independent recognizers, never in the loss) embed the unprotected photos and the
     protected photos (the face pasted back into the photo: what an off-the-shelf recognizer
@@ -32,7 +33,6 @@ Judging
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -46,6 +46,7 @@ import numpy as np
 from faceanonymixer.datasets import list_identity_images
 from faceanonymixer.evaluation.labels import PhotoLabels, label_photo
 from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.threads import threads_setting, usable_cores
 
 #: protected settings: own key A, second key B (cross-key), one key S shared by all identities
 KEYS = ("A", "B", "S")
@@ -72,6 +73,9 @@ class EvalConfig:
     #: optimisation settings overriding the profile's (e.g. ``{"steps": 10}``)
     optimisation: dict[str, Any] = field(default_factory=dict)
     baselines: bool = True
+    #: torch threads per job (``threads.py``): N > 0 fixed, 0 per batch from the idle cores of the
+    #: job's share (``cpu_count // jobs``); None: ``FACEANONYMIXER_THREADS``, else 0
+    threads: int | None = None
 
 
 def derive_key(seed: int, identity: str, tag: str) -> ProtectionKey:
@@ -153,17 +157,17 @@ class ProtectionRun:
 # ---- the worker side (one engine per process) -----------------------------------------------------
 
 _ENGINE: Any = None
+#: (threads setting, cores of this job's share) of the worker
+_THREADS: tuple[int, int] = (0, 1)
 
 
-def _start_worker(profile: str, overrides: dict[str, Any], threads: int) -> None:
-    global _ENGINE
-    import torch
-
+def _start_worker(profile: str, overrides: dict[str, Any], threads: tuple[int, int]) -> None:
+    global _ENGINE, _THREADS
     from faceanonymixer.engine import ProtectionEngine
     from faceanonymixer.profiles import get_profile
     from faceanonymixer.recognizers import default_device
 
-    torch.set_num_threads(threads)
+    _THREADS = threads
     chosen = get_profile(profile)
     _ENGINE = ProtectionEngine(
         chosen, optimisation=chosen.optimisation.with_overrides(**overrides), device=default_device()
@@ -196,6 +200,14 @@ class _Done:
 def _protect(task: _Task) -> _Done:
     """Prepare (decode, align) a batch of photos once, then protect it in every setting, each photo
     its own subject."""
+    from faceanonymixer.threads import torch_threads
+
+    setting, share = _THREADS
+    with torch_threads(setting, share=share):
+        return _protect_batch(task)
+
+
+def _protect_batch(task: _Task) -> _Done:
     from faceanonymixer.engine import Subject
     from faceanonymixer.errors import FaceAnonyMixerError
 
@@ -290,11 +302,14 @@ def run_protection(config: EvalConfig, *, progress: Progress | None = None) -> P
         shown = ", ".join(str(dataset) for dataset in config.datasets)
         raise ValueError(f"no photos found in {shown} (expected <identity>/<image> files)")
     settings = SETTINGS if config.baselines else OPTIMISED
-    threads = max(1, (os.cpu_count() or 1) // config.jobs)
+    setting = threads_setting(config.threads)
+    share = max(1, usable_cores() // config.jobs)
+    # the report gives the fixed count, or the most a job takes when chosen per batch
+    threads = setting or share
     started = time.perf_counter()
     done: list[_Done] = []
     tasks = _tasks(config, listed, settings)
-    init = (config.profile, dict(config.optimisation), threads)
+    init = (config.profile, dict(config.optimisation), (setting, share))
     if config.jobs == 1:
         _start_worker(*init)
         for task in tasks:
