@@ -129,14 +129,20 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
             assert engine.identity_basis is not None
             return engine.identity_basis.top(count)
 
+        def rotated(axes: torch.Tensor | None) -> torch.Tensor | None:
+            return None if axes is None else axes[:, config.kept_axes :]
+
         mapping = config.target_gain * key_target_map(
             key,
             "embedded",
             original.shape[1],
             config.target_rank,
-            top_axes(config.target_subspace),
-            top_axes(config.source_axes),
+            rotated(top_axes(config.target_subspace)),
+            rotated(top_axes(config.source_axes)),
         )
+        kept = top_axes(config.kept_axes)
+        if kept is not None:  # the identity along the top axes is kept, unrotated
+            mapping = mapping + kept @ kept.T
         target = target_identity(original, centre, mapping)
         start = target - centre
         axes = top_axes(config.start_axes)
@@ -218,7 +224,7 @@ def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: Protectio
         assert (offset - inside @ (inside.T @ offset)).norm() < 1e-4 * offset.norm()
     # the whole space (0): most of the target lies off the 64 main axes of real faces
     _, anywhere = engine.key_start_and_target(
-        KEY_A, mean, dataclasses.replace(engine.config, target_subspace=0)
+        KEY_A, mean, dataclasses.replace(engine.config, target_subspace=0, kept_axes=0)
     )
     offset = (anywhere - engine.identity_centre)[0]
     assert (offset - axes @ (axes.T @ offset)).norm() > 0.3 * offset.norm()
@@ -226,7 +232,7 @@ def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: Protectio
 
 def test_targets_from_source_axes_ignore_the_identity_off_them(engine: ProtectionEngine) -> None:
     assert engine.identity_basis is not None
-    config = dataclasses.replace(engine.config, source_axes=32, target_rank=32)
+    config = dataclasses.replace(engine.config, source_axes=32, target_rank=32, kept_axes=0)
     draws = torch.randn(2, 128, generator=torch.Generator().manual_seed(6))
     mean = engine.identity_centre[None] + 0.1 * draws[:1]
     axes = engine.identity_basis.top(32)
@@ -237,7 +243,7 @@ def test_targets_from_source_axes_ignore_the_identity_off_them(engine: Protectio
     _, along = engine.key_start_and_target(KEY_A, mean + 0.1 * draws[1:] @ axes @ axes.T, config)
     assert (along - target).norm() > 0.01
     with pytest.raises(ValueError, match="source_axes"):
-        dataclasses.replace(engine.config, source_axes=16, target_rank=32)
+        dataclasses.replace(engine.config, source_axes=16, target_rank=32, kept_axes=0)
 
 
 def test_kept_axes_keep_the_group_level_identity_and_rotate_the_rest(engine: ProtectionEngine) -> None:
@@ -275,7 +281,9 @@ def test_axes_without_an_identity_basis_are_refused(
     engine: ProtectionEngine, overrides: dict[str, object]
 ) -> None:
     # only the setting under test asks for axes (the default profile asks for all three)
-    clone = variant(engine, **{"target_subspace": 0, "source_axes": 0, "start_axes": 0, **overrides})
+    clone = variant(
+        engine, **{"target_subspace": 0, "source_axes": 0, "start_axes": 0, "kept_axes": 0, **overrides}
+    )
     clone.identity_basis = None
     with pytest.raises(ValueError, match=f"no identity basis for {next(iter(overrides))}"):
         clone.key_start_and_target(KEY_A, engine.identity_centre[None])

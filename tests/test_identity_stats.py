@@ -101,14 +101,25 @@ def test_stats_command_refuses_a_missing_folder(tmp_path: Path) -> None:
 def test_stats_command_writes_a_loadable_pair(faces_root: Path, tmp_path: Path) -> None:
     # a check of the command on a slice of the training photos, not a measurement
     data = str(faces_root / "lfw_train")
-    result = runner.invoke(
-        app, ["models", "identity-stats", "--data", data, "--limit", "160", "--out-dir", str(tmp_path)]
-    )
+    command = ["models", "identity-stats", "--data", data, "--limit", "160", "--out-dir", str(tmp_path)]
+    result = runner.invoke(app, [*command, "--name", "dlib-identity-slice"])
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "dlib_identity_basis.npz",
-        "dlib_identity_mean.npy",
+        "dlib_identity_slice_basis.npz",
+        "dlib_identity_slice_mean.npy",
     ]
-    basis = load_identity_basis(tmp_path / "dlib_identity_basis.npz")
+    basis = load_identity_basis(tmp_path / "dlib_identity_slice_basis.npz")
     assert basis.dim == 128 and bool((basis.variances[:-1] >= basis.variances[1:]).all())
-    assert np.load(tmp_path / "dlib_identity_mean.npy").shape == (128,)
+    assert np.load(tmp_path / "dlib_identity_slice_mean.npy").shape == (128,)
+
+
+def test_what_the_default_profile_fitted_on_real_faces_names_its_data_and_terms() -> None:
+    """The model card: every file of the default profile fitted on UTKFace photos says so, with
+    UTKFace's non-commercial terms, in the manifest."""
+    profile = get_profile("embedded")
+    for name in (profile.identity_mean, profile.identity_basis, profile.identity_code_map):
+        assert name is not None
+        entry = committed_entry(name, f"the embedded profile's {name}")
+        assert "utk_train" in entry.data and "lfw_train" in entry.data, entry
+        assert "UTKFace" in entry.terms and "non-commercial" in entry.terms, entry
+        assert "--data ../shared/faces/utk_train" in entry.command

@@ -53,9 +53,23 @@ def test_a_new_weight_file_changes_the_revision(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_setting_added_later_counts_only_away_from_its_default() -> None:
-    document = profiles._optimisation_document(EMBEDDED.optimisation)
-    assert set(document) == profiles._FIRST_REVISION_SETTINGS  # kept_axes (later) at 0: left out
     assert "kept_axes" not in profiles._FIRST_REVISION_SETTINGS
+    at_default = profiles._optimisation_document(profiles.EMBEDDED_LFW_STATS.optimisation)
+    assert set(at_default) == profiles._FIRST_REVISION_SETTINGS  # kept_axes (later) at 0: left out
+    document = profiles._optimisation_document(EMBEDDED.optimisation)  # kept_axes 4
+    assert set(document) == profiles._FIRST_REVISION_SETTINGS | {"kept_axes"}
+
+
+def test_the_revision_before_the_diverse_statistics_is_the_one_its_keys_were_migrated_to() -> None:
+    """Keys made before 2026-12-07's change of ``embedded`` keep their faces: the archived profile
+    is, bit for bit, the revision that migration 0002 wrote into existing keys."""
+    from importlib import import_module
+
+    migration = import_module("faceanonymixer.keystore.migrations.versions.0002_integrity_and_revisions")
+    assert profile_revision(profiles.EMBEDDED_LFW_STATS) == migration.REVISIONS_2026_12_07["embedded"]
+    assert profiles.EMBEDDED_LFW_STATS in profiles.ARCHIVED_PROFILES
+    assert profile_revision(EMBEDDED) in served_profiles(EMBEDDED)
+    assert profile_revision(profiles.EMBEDDED_LFW_STATS) in served_profiles(EMBEDDED)
 
 
 def test_a_server_serves_its_revision_and_the_archived_ones(monkeypatch: pytest.MonkeyPatch) -> None:

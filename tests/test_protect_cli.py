@@ -380,3 +380,53 @@ def test_a_failed_rename_leaves_no_temporary_file(tmp_path: Path, monkeypatch: p
         write_png_atomic(target, _pixels())
     assert target.read_bytes() == b"existing"
     assert files_in(tmp_path) == ["face.png"]
+
+
+# ---- profile revisions -------------------------------------------------------------------------
+
+
+def test_a_stored_key_protects_under_the_revision_it_was_made_for(
+    engines: list[ProtectionEngine], photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
+    from faceanonymixer.profiles import EMBEDDED_LFW_STATS, profile_revision
+
+    kek_file = tmp_path / "kek.bin"
+    kek_file.write_bytes(bytes(range(32)))
+    kek_file.chmod(0o600)
+    monkeypatch.setenv("FACEANONYMIXER_KEK_FILE", str(kek_file))
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    archived, current = profile_revision(EMBEDDED_LFW_STATS), profile_revision(EMBEDDED)
+    assert archived != current
+    with KeyStore.open(url, KeyEncryptionKey.from_file(kek_file)) as store:
+        made = {
+            revision: store.create_key(
+                "default", "alice", profile_id="embedded", profile_revision=revision, actor="test"
+            ).key_id
+            for revision in (archived, current, "0123456789abcdef")
+        }
+    for revision, profile in ((archived, EMBEDDED_LFW_STATS), (current, EMBEDDED)):
+        out = tmp_path / revision
+        arguments = ["--key-id", made[revision], "--keystore", url, "--out", out, "--steps", "1", "--json"]
+        result = protect(photos[0], *arguments)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["profile_revision"] == revision
+        assert engines[-1].profile == profile  # its models and settings, not the current ones
+    gone = protect(photos[0], "--key-id", made["0123456789abcdef"], "--keystore", url, "--out", tmp_path / "x")
+    assert "revision 0123456789abcdef" in assert_one_line_error(gone, gone.exit_code)
+    assert gone.exit_code != 0 and files_in(tmp_path / "x") == []
+
+
+def test_a_key_file_takes_a_revision_of_this_version(
+    engines: list[ProtectionEngine], photos: list[Path], key_file: Path, tmp_path: Path
+) -> None:
+    from faceanonymixer.profiles import EMBEDDED_LFW_STATS, profile_revision
+
+    archived = profile_revision(EMBEDDED_LFW_STATS)
+    arguments = ["--revision", archived, "--out", tmp_path, "--steps", "1", "--json"]
+    result = protect(photos[0], "--key-file", key_file, *arguments)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["profile_revision"] == archived
+    assert engines[-1].profile == EMBEDDED_LFW_STATS
+    unknown = protect(photos[0], "--key-file", key_file, "--revision", "feedface", "--out", tmp_path / "u")
+    assert "no revision 'feedface'" in assert_one_line_error(unknown, 2)

@@ -120,6 +120,13 @@ def protect(
         bool, typer.Option("--crop", help="Write the aligned protected face, not the whole photo.")
     ] = False,
     profile: Annotated[str, typer.Option(help="Model profile (local protection).")] = "embedded",
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            help="Revision of the profile for a --key-file (default: the current one); an earlier "
+            "revision keeps matching faces enrolled before its models or settings changed."
+        ),
+    ] = None,
     steps: Annotated[
         int | None, typer.Option(min=0, help="Optimisation steps (local; profile default: 50).")
     ] = None,
@@ -156,6 +163,10 @@ def protect(
         if server is not None:
             if key_id is None:
                 raise InvalidRequestError("--server needs --key-id (keys live on the server)", field="key_id")
+            if revision is not None:
+                raise InvalidRequestError(
+                    "--revision is for --key-file: a server protects under each key's own", field="revision"
+                )
             from faceanonymixer.cli_protect import protect_remotely
 
             remote = Remote(server, token, tls_ca, tls_cert, tls_key)
@@ -163,11 +174,11 @@ def protect(
         else:
             from faceanonymixer.cli_protect import load_local_key, protect_locally
 
-            key = load_local_key(key_file, key_version, key_id, keystore, tenant, profile)
+            key, chosen = load_local_key(key_file, key_version, key_id, keystore, tenant, profile, revision)
             protected = protect_locally(
                 images,
                 key,
-                profile,
+                chosen,
                 crop=crop,
                 steps=steps,
                 runtime=runtime,
@@ -184,6 +195,7 @@ def protect(
         ]
         payload = {
             "profile": protected[0].profile_id,
+            "profile_revision": protected[0].profile_revision,
             "key_id": protected[0].key_id,
             "key_version": protected[0].key_version,
             "outputs": outputs,

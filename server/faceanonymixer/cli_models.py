@@ -29,6 +29,21 @@ DataOption = Annotated[
 ]
 
 
+#: ``--terms`` of the fitting commands: recorded beside the weights in the manifest (the model card)
+TermsOption = Annotated[
+    str,
+    typer.Option(
+        help="Terms of the training photos that the weights inherit (e.g. non-commercial research "
+        "use only); recorded in the manifest beside the data the weights were fitted on."
+    ),
+]
+
+
+def _data_description(data: list[Path], used: int) -> str:
+    """What the manifest says the weights were fitted on: the folders' names and the photo count."""
+    return f"{', '.join(folder.name for folder in data)}: {used} photos"
+
+
 def _reproducing_command() -> str:
     """This command line, without the options that do not change the result (where resumable state
     was kept, where a run stopped)."""
@@ -172,6 +187,14 @@ def identity_stats_command(
     out_dir: Annotated[
         Path | None, typer.Option(help="Where the files go (default: the committed weights).")
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights names <name>-mean and <name>-basis (default: <recognizer>-identity); a "
+            "new name leaves the weights of existing profile revisions as they are."
+        ),
+    ] = None,
+    terms: TermsOption = "",
 ) -> None:
     """Measure the centre of real faces in a recognizer's space and their principal axes (where
     key-derived targets are drawn); recorded in the committed manifest when written there."""
@@ -190,19 +213,23 @@ def identity_stats_command(
         embeddings = embed_training_faces(
             training_photos(data, limit), load_recognizer(recognizer, device="cpu")
         )
+        prefix = name or f"{recognizer}-identity"
         target_dir = out_dir or WEIGHTS_DIR
         target_dir.mkdir(parents=True, exist_ok=True)
-        mean_file = target_dir / f"{recognizer}_identity_mean.npy"
-        basis_file = target_dir / f"{recognizer}_identity_basis.npz"
+        mean_file = target_dir / f"{prefix.replace('-', '_')}_mean.npy"
+        basis_file = target_dir / f"{prefix.replace('-', '_')}_basis.npz"
         # both computed before either is written: a failure leaves the committed pair as it was
         mean, basis = identity_mean(embeddings), identity_basis(embeddings)
         written = {
-            f"{recognizer}-identity-mean": (mean_file, save_identity_mean(mean, mean_file)),
-            f"{recognizer}-identity-basis": (basis_file, save_identity_basis(basis, basis_file)),
+            f"{prefix}-mean": (mean_file, save_identity_mean(mean, mean_file)),
+            f"{prefix}-basis": (basis_file, save_identity_basis(basis, basis_file)),
         }
-        for name, (target, sha256) in written.items():
+        fitted_on = _data_description(data, len(embeddings))
+        for weights_name, (target, sha256) in written.items():
             if target_dir.resolve() == WEIGHTS_DIR.resolve():
-                record_weights(name, target.name, sha256, _reproducing_command())
+                record_weights(
+                    weights_name, target.name, sha256, _reproducing_command(), data=fitted_on, terms=terms
+                )
             typer.echo(f"{target}  sha256 {sha256}")
 
 
@@ -216,6 +243,14 @@ def fit_identity_code_command(
     out_dir: Annotated[
         Path | None, typer.Option(help="Where the map goes (default: the committed weights).")
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights name of the map (default: <generator>-identity-code); a new name leaves "
+            "the weights of existing profile revisions as they are."
+        ),
+    ] = None,
+    terms: TermsOption = "",
 ) -> None:
     """Fit the map from the profile's identities to its generator codes (recorded in the committed
     manifest when written there)."""
@@ -240,13 +275,20 @@ def fit_identity_code_command(
         # the map is what is being fitted: the engine runs without the committed one
         engine = ProtectionEngine(replace(chosen, identity_code_map=None))
         offsets, codes, used = measure_code_pairs(engine, photos)
-        name = f"{chosen.generator}-identity-code"
+        weights_name = name or f"{chosen.generator}-identity-code"
         target_dir = out_dir or WEIGHTS_DIR
         target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"{name.replace('-', '_')}.npz"
+        target = target_dir / f"{weights_name.replace('-', '_')}.npz"
         sha256 = save_identity_code_map(fit_identity_code_map(offsets, codes), target)
         if target_dir.resolve() == WEIGHTS_DIR.resolve():
-            record_weights(name, target.name, sha256, _reproducing_command())
+            record_weights(
+                weights_name,
+                target.name,
+                sha256,
+                _reproducing_command(),
+                data=_data_description(data, len(used)),
+                terms=terms,
+            )
         typer.echo(f"{len(used)} of {len(photos)} photos; {target}  sha256 {sha256}")
 
 

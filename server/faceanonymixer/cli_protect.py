@@ -14,6 +14,7 @@ from faceanonymixer_client.errors import FaceAnonyMixerError
 
 if TYPE_CHECKING:
     from faceanonymixer.engine import Runtime
+    from faceanonymixer.profiles import Profile
 
 
 @dataclass
@@ -22,6 +23,8 @@ class ProtectedOutput:
     profile_id: str
     key_id: str | None
     key_version: int
+    #: ``profiles.profile_revision`` of the models and settings that made it ("" from a server)
+    profile_revision: str
     #: what ``--json`` reports for this output besides its paths
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -33,25 +36,45 @@ def load_local_key(
     keystore: str | None,
     tenant: str,
     profile: str,
-) -> ProtectionKey:
-    """A raw key file, or a key of the local key store (which refuses a revoked key, and a key
-    bound to another profile: its enrolled faces were protected with other settings)."""
+    revision: str | None,
+) -> tuple[ProtectionKey, Profile]:
+    """A raw key file, or a key of the local key store (which refuses a revoked key, a key bound
+    to another profile, and a key made under a revision this version no longer has: its enrolled
+    faces were protected with other models or settings); with the revision of ``profile`` that
+    protects under it: the key's own (store), ``revision`` or the current one (key file)."""
+    from faceanonymixer.errors import InvalidRequestError
+    from faceanonymixer.profiles import get_profile, served_profiles
+
+    try:
+        served = served_profiles(get_profile(profile))
+    except ValueError as error:
+        raise InvalidRequestError(str(error), field="profile") from None
     if key_file is not None:
-        return ProtectionKey.from_file(key_file, version=key_version)
+        if revision is not None and revision not in served:
+            known = ", ".join(served)
+            raise InvalidRequestError(
+                f"profile {profile!r} has no revision {revision!r}; this version has {known}",
+                field="revision",
+            )
+        chosen = served[revision] if revision is not None else next(iter(served.values()))
+        return ProtectionKey.from_file(key_file, version=key_version), chosen
     assert key_id is not None
+    if revision is not None:
+        raise InvalidRequestError("--revision is for --key-file: a stored key has its own", field="revision")
     from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
     from faceanonymixer.service.settings import ServiceSettings
 
     settings = ServiceSettings.load(None, keystore=keystore)
     with KeyStore.open(settings.keystore, KeyEncryptionKey.from_env()) as store:
-        _, key = store.key_for_use(tenant, key_id, profile=profile)
-    return key
+        record, key = store.key_for_use(tenant, key_id, profile=profile, revisions=served)
+    assert record.profile_revision is not None  # key_for_use refuses a key without one of these
+    return key, served[record.profile_revision]
 
 
 def protect_locally(
     images: list[Path],
     key: ProtectionKey,
-    profile: str,
+    profile: Profile,
     *,
     crop: bool,
     steps: int | None,
@@ -65,6 +88,7 @@ def protect_locally(
     from tqdm import tqdm
 
     from faceanonymixer.errors import InvalidRequestError
+    from faceanonymixer.profiles import profile_revision
     from faceanonymixer.protector import Protector
 
     if runtime not in ("torch", "onnx"):
@@ -96,6 +120,7 @@ def protect_locally(
             profile_id=result.profile_id,
             key_id=result.key_id,
             key_version=result.key_version,
+            profile_revision=profile_revision(profile),
             report={
                 "target_distance": round(result.target_distance, 4),
                 "original_distance": round(result.original_distance, 4),
@@ -132,6 +157,7 @@ def protect_remotely(
             profile_id=result.profile_id,
             key_id=result.key_id,
             key_version=result.key_version,
+            profile_revision="",  # the reply does not carry it (a gap of the wire format)
             report={"seconds": round(result.timings["total"], 3)},
         )
         for result in results

@@ -156,42 +156,19 @@ EMBEDDED_DIGIFACE = Profile(
     identity_basis="dlib-identity-basis",
 )
 
-#: The default: the same DCGAN fine-tuned adversarially on real faces (``lfw_train``) together with
-#: its encoder (``models train-generator``), for a key per person and for one key shared by a
-#: whole application alike. Same latent layout as the DigiFace DCGAN. The generator ("lfw-dcgan",
-#: ``generators.py``) starts the optimised feature map 0.7 from the key's face in its four centre
-#: cells and 0.2 in the border cells, so people sharing one key do not share its outline (docs/decisions/
-#: 2026-12-05-the-keys-face-in-the-centre-cells.md). On top of that, so that people sharing one key stay apart
-#: while one person's photos stay together:
-#:
-#: * the key's face is drawn from each person's target identity (synthetic_identity_weight 1,
-#:   through the fitted map "lfw-dcgan-identity-code"), from the coarse part of that identity,
-#:   its top 16 principal axes (start_axes 16), which varies less between one person's photos;
-#: * targets are drawn inside the 64 principal axes of real identities (target_subspace 64), where
-#:   real faces vary and the generator reaches them;
-#: * the key's map reads the photo's identity inside its top 48 axes (source_axes 48,
-#:   target_rank 48), where people differ more than one person's photos do, at target_gain 1.6;
-#: * each photo's identity is read from it and its mirror image (original_views 2);
-#: * the loss sees the protected face's plain and mirrored views in turn, one a step
-#:   (views_per_step 1): a step costs one recognizer pass instead of two, about a third less
-#:   time, with the same rates within noise (docs/decisions/2026-12-06-views-in-turn.md);
-#: * the loop starts from the encoder's code as it is (inversion_steps 0, as the published loop
-#:   starts from e4e's): refining it toward each photo's pixels and dlib identity made the start
-#:   carry what differs between one person's photos. Without it, pooled over nine runs (all 120
-#:   lfw people), FaceNet's same-key genuine match rose from 0.783 to 0.821 and dlib's shared-key
-#:   impostor non-match from 0.980 to 0.986, dlib's same-key genuine match fell from 0.934 to
-#:   0.896 (its target 0.88), and a call takes about 0.76 of the time (docs/decisions/
-#:   2026-12-06-start-from-the-encoders-code.md).
-#:
-#: These were the ``embedded-shared-key`` profile's settings until 2026-12-06; they beat the
-#: per-person settings ``embedded`` had (key's face from the key alone, targets anywhere at gain
-#: 3.0) on every measure, so they became the default and the second profile went. Pooled over five
-#: runs (docs/decisions/2026-12-06-one-default-for-both-kinds-of-key.md). The earlier settings are
-#: ``--override synthetic_identity_weight=0 --override target_subspace=0 --override
-#: target_rank=64 --override source_axes=0 --override target_gain=3.0 --override
-#: original_views=1 --override start_axes=0 --override views_per_step=0 --override
-#: inversion_steps=20``.
-EMBEDDED = replace(
+#: The default until 2026-12-07, archived (``ARCHIVED_PROFILES``) so that keys made under it keep
+#: their faces: the DigiFace DCGAN fine-tuned adversarially on ``lfw_train`` with its encoder
+#: ("lfw-dcgan", ``models train-generator``), everything fitted on real faces fitted on
+#: ``lfw_train`` alone. Each setting and what it was measured against, in docs/decisions/:
+#: the key's face from each person's coarse target identity through the fitted map
+#: (synthetic_identity_weight 1, start_axes 16: 2026-12-05-the-keys-face-from-the-target-identity.md,
+#: 2026-12-06-the-keys-face-from-the-coarse-identity.md); targets inside the top 64 principal axes
+#: (2026-12-06-targets-where-real-faces-vary.md) read from the top 48 at gain 1.6
+#: (2026-12-06-target-source-axes.md); the original read with its mirror image
+#: (2026-12-06-a-steadier-original.md); views in turn (2026-12-06-views-in-turn.md); the loop
+#: from the encoder's code (2026-12-06-start-from-the-encoders-code.md); one default for both
+#: kinds of key (2026-12-06-one-default-for-both-kinds-of-key.md).
+EMBEDDED_LFW_STATS = replace(
     EMBEDDED_DIGIFACE,
     profile_id="embedded",
     generator="lfw-dcgan",
@@ -209,6 +186,24 @@ EMBEDDED = replace(
         views_per_step=1,
         inversion_steps=0,
     ),
+)
+
+#: The default: the revision above with everything fitted on real faces refitted on LFW and UTKFace
+#: together (``lfw_train`` + ``utk_train``, balanced by race x gender; UTKFace is non-commercial
+#: research data, see the weights manifest): the identity mean and principal axes
+#: ("dlib-identity-diverse-*") and the identity-to-code map ("lfw-dcgan-diverse-identity-code"). The
+#: LFW-only mean put Black and Asian women far from the centre, where their targets crowded
+#: together under a shared key. The target also keeps each photo's identity along the top 4
+#: principal axes, where groups (gender, skin tone, age) differ most, and the key rotates the
+#: identity inside the next 48 (kept_axes 4, source_axes 52): people of one group are spread by
+#: the key instead of drawn towards one region. Measured per group on utk_dev and on lfw:
+#: docs/decisions/2026-12-07-diverse-statistics-and-kept-axes.md.
+EMBEDDED = replace(
+    EMBEDDED_LFW_STATS,
+    identity_mean="dlib-identity-diverse-mean",
+    identity_basis="dlib-identity-diverse-basis",
+    identity_code_map="lfw-dcgan-diverse-identity-code",
+    optimisation=replace(EMBEDDED_LFW_STATS.optimisation, kept_axes=4, source_axes=52),
 )
 
 #: The published models: StyleGAN2 FFHQ 1024 (W+ 18 x 512; rows 0-2 from the key, 3-7 optimised, 8-17
@@ -244,7 +239,7 @@ def get_profile(name: str) -> Profile:
 #: under them keep their protected faces: when a profile's weights or settings change, put its
 #: previous ``Profile`` here (its generator, encoder and weights stay registered and committed).
 #: A server loads an archived revision's models on the first call that needs them.
-ARCHIVED_PROFILES: tuple[Profile, ...] = ()
+ARCHIVED_PROFILES: tuple[Profile, ...] = (EMBEDDED_LFW_STATS,)
 
 #: the weight files each registry name loads: ("committed", manifest name), ("zoo", model zoo
 #: name) or ("package", a function giving the path of a file shipped by an installed package)

@@ -21,7 +21,7 @@ from faceanonymixer.engine import (
 )
 from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.imageio import ImageInput
-from faceanonymixer.profiles import get_profile
+from faceanonymixer.profiles import Profile, get_profile
 from faceanonymixer.protection_key import ProtectionKey, as_key
 from faceanonymixer.recognizers import default_device
 from faceanonymixer.threads import threads_setting, torch_threads
@@ -37,13 +37,15 @@ class Protector:
     enrollment); a single image is the independent probe. ``optimisation`` overrides the
     profile's settings by name (``steps=50``, ``lambda_anon=10``, ...). ``runtime="onnx"`` with
     ``onnx_dir`` runs the gradient-free passes on onnxruntime (:class:`ProtectionEngine`).
-    ``threads``: torch CPU threads of each call (:mod:`faceanonymixer.threads`; default
-    ``FACEANONYMIXER_THREADS``, else chosen per call: every idle core, one while other work runs).
+    ``profile``: a profile id (its current revision) or a :class:`Profile` (an archived revision:
+    ``profiles.served_profiles``). ``threads``: torch CPU threads of each call
+    (:mod:`faceanonymixer.threads`; default ``FACEANONYMIXER_THREADS``, else chosen per call:
+    every idle core, one while other work runs).
     """
 
     def __init__(
         self,
-        profile: str = "embedded",
+        profile: str | Profile = "embedded",
         *,
         device: str | torch.device | None = None,
         runtime: Runtime = "torch",
@@ -52,7 +54,7 @@ class Protector:
         **optimisation: Any,
     ) -> None:
         self.threads = threads_setting(threads)
-        chosen = get_profile(profile)
+        chosen = get_profile(profile) if isinstance(profile, str) else profile
         self.engine = ProtectionEngine(
             chosen,
             optimisation=chosen.optimisation.with_overrides(**optimisation),
