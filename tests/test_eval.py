@@ -210,7 +210,7 @@ def test_bad_arguments_are_one_line_errors(
     assert not (tmp_path / "o" / "report.json").exists()
     if arguments[0] == "--max-identities":
         return  # a usage error found by the option parser: on stderr, --json or not
-    as_json = subprocess.run(command + [*arguments, "--json"], capture_output=True, text=True, timeout=120)
+    as_json = subprocess.run([*command, *arguments, "--json"], capture_output=True, text=True, timeout=120)
     assert as_json.returncode == 2 and as_json.stderr == ""
     assert message in json.loads(as_json.stdout)["error"]["message"]
 

@@ -412,7 +412,8 @@ def test_a_stored_key_protects_under_the_revision_it_was_made_for(
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["profile_revision"] == revision
         assert engines[-1].profile == profile  # its models and settings, not the current ones
-    gone = protect(photos[0], "--key-id", made["0123456789abcdef"], "--keystore", url, "--out", tmp_path / "x")
+    unknown = made["0123456789abcdef"]
+    gone = protect(photos[0], "--key-id", unknown, "--keystore", url, "--out", tmp_path / "x")
     assert "revision 0123456789abcdef" in assert_one_line_error(gone, gone.exit_code)
     assert gone.exit_code != 0 and files_in(tmp_path / "x") == []
 
