@@ -1003,6 +1003,7 @@ def test_key_life_through_the_client(main: Served, kind: str) -> None:
     assert (created.labels, created.profile_id) == ({"team": "sdk", "kind": kind}, PROFILE.profile_id)
     assert created.created.tzinfo is not None and created.revoked is None
     assert created.replaces_key_id is None and created.replaced_by_key_id is None
+    assert created.profile_revision is not None and len(created.profile_revision) == 16
     assert call("get_key", created.key_id) == created
 
     revocation = call("revoke_key", created.key_id)
@@ -1013,6 +1014,7 @@ def test_key_life_through_the_client(main: Served, kind: str) -> None:
     assert new.key_id != created.key_id and new.key_id.startswith("fk_")
     assert (new.version, new.state, new.replaces_key_id) == (2, "active", created.key_id)
     assert (new.subject, new.labels) == (subject, created.labels)
+    assert new.profile_revision == created.profile_revision  # the server's revision, both
     assert call("revoke_key", created.key_id) == revocation  # revoking again: the same pair
 
     others = [call("create_key", subject) for _ in range(2)]

@@ -749,6 +749,7 @@ def test_the_cli_rotates_the_kek(tmp_path: Path) -> None:
     assert verified.exit_code == 0, verified.output
     shown = CliRunner().invoke(app, ["keys", "get", record.key_id, "--keystore", url, "--json"], env=env)
     assert shown.exit_code == 0 and __import__("json").loads(shown.stdout)["key_id"] == record.key_id
+    assert __import__("json").loads(shown.stdout)["profile_revision"] == record.profile_revision
     refused = CliRunner().invoke(
         app, ["keys", "list", "--keystore", url], env={"FACEANONYMIXER_KEK_FILE": str(old_file)}
     )

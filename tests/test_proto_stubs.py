@@ -134,6 +134,7 @@ def test_no_key_material_on_the_wire() -> None:
         "profile_id",
         "replaces_key_id",
         "replaced_by_key_id",
+        "profile_revision",
     }
     for proto in ("protection", "keys"):
         for message in _all_messages(_file_descriptor(proto)):

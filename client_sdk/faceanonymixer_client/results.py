@@ -34,6 +34,9 @@ class KeyInfo:
     replaces_key_id: str | None
     #: the key that replaced this one, once revoked
     replaced_by_key_id: str | None
+    #: the revision of ``profile_id`` (its models and settings) that protects under this key;
+    #: None from a server older than the field
+    profile_revision: str | None = None
 
     @classmethod
     def from_message(cls, key: keys_pb2.Key) -> KeyInfo:
@@ -48,6 +51,7 @@ class KeyInfo:
             revoked=key.revoke_time.ToDatetime(tzinfo=UTC) if key.HasField("revoke_time") else None,
             replaces_key_id=key.replaces_key_id or None,
             replaced_by_key_id=key.replaced_by_key_id or None,
+            profile_revision=key.profile_revision or None,
         )
 
 

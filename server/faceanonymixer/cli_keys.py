@@ -127,7 +127,8 @@ def key_dict(key: keys_pb2.Key) -> dict[str, Any]:
 
 def _render_key(key: keys_pb2.Key) -> None:
     state = keys_pb2.KeyState.Name(key.state).removeprefix("KEY_STATE_").lower()
-    typer.echo(f"{key.key_id}  v{key.version}  {state}  subject={key.subject}  profile={key.profile_id}")
+    profile = f"{key.profile_id}@{key.profile_revision}" if key.profile_revision else key.profile_id
+    typer.echo(f"{key.key_id}  v{key.version}  {state}  subject={key.subject}  profile={profile}")
 
 
 @keys_app.command()

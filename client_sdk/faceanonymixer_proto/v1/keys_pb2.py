@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61\x63\x65\x61nonymixer/v1/keys.proto\x12\x11\x66\x61\x63\x65\x61nonymixer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x02\n\x03Key\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.faceanonymixer.v1.KeyState\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x32\n\x06labels\x18\x05 \x03(\x0b\x32\".faceanonymixer.v1.Key.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nprofile_id\x18\x08 \x01(\t\x12\x17\n\x0freplaces_key_id\x18\t \x01(\t\x12\x1a\n\x12replaced_by_key_id\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\x10\x43reateKeyRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12?\n\x06labels\x18\x02 \x03(\x0b\x32/.faceanonymixer.v1.CreateKeyRequest.LabelsEntry\x12\x12\n\nprofile_id\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x11\x43reateKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.faceanonymixer.v1.Key\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"q\n\x11RevokeKeyResponse\x12+\n\x0brevoked_key\x18\x01 \x01(\x0b\x32\x16.faceanonymixer.v1.Key\x12/\n\x0freplacement_key\x18\x02 \x01(\x0b\x32\x16.faceanonymixer.v1.Key\"\x1f\n\rGetKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"5\n\x0eGetKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.faceanonymixer.v1.Key\"u\n\x0fListKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.faceanonymixer.v1.KeyState\x12\x0f\n\x07subject\x18\x04 \x01(\t\"Q\n\x10ListKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.faceanonymixer.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*R\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10KEY_STATE_ACTIVE\x10\x01\x12\x15\n\x11KEY_STATE_REVOKED\x10\x02\x32\xe0\x02\n\nKeyService\x12V\n\tCreateKey\x12#.faceanonymixer.v1.CreateKeyRequest\x1a$.faceanonymixer.v1.CreateKeyResponse\x12V\n\tRevokeKey\x12#.faceanonymixer.v1.RevokeKeyRequest\x1a$.faceanonymixer.v1.RevokeKeyResponse\x12M\n\x06GetKey\x12 .faceanonymixer.v1.GetKeyRequest\x1a!.faceanonymixer.v1.GetKeyResponse\x12S\n\x08ListKeys\x12\".faceanonymixer.v1.ListKeysRequest\x1a#.faceanonymixer.v1.ListKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61\x63\x65\x61nonymixer/v1/keys.proto\x12\x11\x66\x61\x63\x65\x61nonymixer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x03\n\x03Key\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.faceanonymixer.v1.KeyState\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x32\n\x06labels\x18\x05 \x03(\x0b\x32\".faceanonymixer.v1.Key.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nprofile_id\x18\x08 \x01(\t\x12\x17\n\x0freplaces_key_id\x18\t \x01(\t\x12\x1a\n\x12replaced_by_key_id\x18\n \x01(\t\x12\x18\n\x10profile_revision\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\x10\x43reateKeyRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12?\n\x06labels\x18\x02 \x03(\x0b\x32/.faceanonymixer.v1.CreateKeyRequest.LabelsEntry\x12\x12\n\nprofile_id\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x11\x43reateKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.faceanonymixer.v1.Key\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"q\n\x11RevokeKeyResponse\x12+\n\x0brevoked_key\x18\x01 \x01(\x0b\x32\x16.faceanonymixer.v1.Key\x12/\n\x0freplacement_key\x18\x02 \x01(\x0b\x32\x16.faceanonymixer.v1.Key\"\x1f\n\rGetKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"5\n\x0eGetKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.faceanonymixer.v1.Key\"u\n\x0fListKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.faceanonymixer.v1.KeyState\x12\x0f\n\x07subject\x18\x04 \x01(\t\"Q\n\x10ListKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.faceanonymixer.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*R\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10KEY_STATE_ACTIVE\x10\x01\x12\x15\n\x11KEY_STATE_REVOKED\x10\x02\x32\xe0\x02\n\nKeyService\x12V\n\tCreateKey\x12#.faceanonymixer.v1.CreateKeyRequest\x1a$.faceanonymixer.v1.CreateKeyResponse\x12V\n\tRevokeKey\x12#.faceanonymixer.v1.RevokeKeyRequest\x1a$.faceanonymixer.v1.RevokeKeyResponse\x12M\n\x06GetKey\x12 .faceanonymixer.v1.GetKeyRequest\x1a!.faceanonymixer.v1.GetKeyResponse\x12S\n\x08ListKeys\x12\".faceanonymixer.v1.ListKeysRequest\x1a#.faceanonymixer.v1.ListKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,30 +36,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEY_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CREATEKEYREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_CREATEKEYREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_KEYSTATE']._serialized_start=1125
-  _globals['_KEYSTATE']._serialized_end=1207
+  _globals['_KEYSTATE']._serialized_start=1151
+  _globals['_KEYSTATE']._serialized_end=1233
   _globals['_KEY']._serialized_start=85
-  _globals['_KEY']._serialized_end=454
-  _globals['_KEY_LABELSENTRY']._serialized_start=409
-  _globals['_KEY_LABELSENTRY']._serialized_end=454
-  _globals['_CREATEKEYREQUEST']._serialized_start=457
-  _globals['_CREATEKEYREQUEST']._serialized_end=624
-  _globals['_CREATEKEYREQUEST_LABELSENTRY']._serialized_start=409
-  _globals['_CREATEKEYREQUEST_LABELSENTRY']._serialized_end=454
-  _globals['_CREATEKEYRESPONSE']._serialized_start=626
-  _globals['_CREATEKEYRESPONSE']._serialized_end=682
-  _globals['_REVOKEKEYREQUEST']._serialized_start=684
-  _globals['_REVOKEKEYREQUEST']._serialized_end=718
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=720
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=833
-  _globals['_GETKEYREQUEST']._serialized_start=835
-  _globals['_GETKEYREQUEST']._serialized_end=866
-  _globals['_GETKEYRESPONSE']._serialized_start=868
-  _globals['_GETKEYRESPONSE']._serialized_end=921
-  _globals['_LISTKEYSREQUEST']._serialized_start=923
-  _globals['_LISTKEYSREQUEST']._serialized_end=1040
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1042
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1123
-  _globals['_KEYSERVICE']._serialized_start=1210
-  _globals['_KEYSERVICE']._serialized_end=1562
+  _globals['_KEY']._serialized_end=480
+  _globals['_KEY_LABELSENTRY']._serialized_start=435
+  _globals['_KEY_LABELSENTRY']._serialized_end=480
+  _globals['_CREATEKEYREQUEST']._serialized_start=483
+  _globals['_CREATEKEYREQUEST']._serialized_end=650
+  _globals['_CREATEKEYREQUEST_LABELSENTRY']._serialized_start=435
+  _globals['_CREATEKEYREQUEST_LABELSENTRY']._serialized_end=480
+  _globals['_CREATEKEYRESPONSE']._serialized_start=652
+  _globals['_CREATEKEYRESPONSE']._serialized_end=708
+  _globals['_REVOKEKEYREQUEST']._serialized_start=710
+  _globals['_REVOKEKEYREQUEST']._serialized_end=744
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=746
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=859
+  _globals['_GETKEYREQUEST']._serialized_start=861
+  _globals['_GETKEYREQUEST']._serialized_end=892
+  _globals['_GETKEYRESPONSE']._serialized_start=894
+  _globals['_GETKEYRESPONSE']._serialized_end=947
+  _globals['_LISTKEYSREQUEST']._serialized_start=949
+  _globals['_LISTKEYSREQUEST']._serialized_end=1066
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1068
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1149
+  _globals['_KEYSERVICE']._serialized_start=1236
+  _globals['_KEYSERVICE']._serialized_end=1588
 # @@protoc_insertion_point(module_scope)

@@ -20,7 +20,7 @@ KEY_STATE_ACTIVE: KeyState
 KEY_STATE_REVOKED: KeyState
 
 class Key(_message.Message):
-    __slots__ = ("key_id", "version", "state", "subject", "labels", "create_time", "revoke_time", "profile_id", "replaces_key_id", "replaced_by_key_id")
+    __slots__ = ("key_id", "version", "state", "subject", "labels", "create_time", "revoke_time", "profile_id", "replaces_key_id", "replaced_by_key_id", "profile_revision")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class Key(_message.Message):
     PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLACES_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     REPLACED_BY_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_REVISION_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     version: int
     state: KeyState
@@ -48,7 +49,8 @@ class Key(_message.Message):
     profile_id: str
     replaces_key_id: str
     replaced_by_key_id: str
-    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[KeyState, str]] = ..., subject: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_id: _Optional[str] = ..., replaces_key_id: _Optional[str] = ..., replaced_by_key_id: _Optional[str] = ...) -> None: ...
+    profile_revision: str
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[KeyState, str]] = ..., subject: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_id: _Optional[str] = ..., replaces_key_id: _Optional[str] = ..., replaced_by_key_id: _Optional[str] = ..., profile_revision: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("subject", "labels", "profile_id")

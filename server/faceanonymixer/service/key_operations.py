@@ -121,6 +121,7 @@ def key_message(record: KeyRecord) -> keys_pb2.Key:
         subject=record.subject,
         labels=record.labels,
         profile_id=record.profile_id,
+        profile_revision=record.profile_revision or "",
         replaces_key_id=record.replaces_key_id or "",
         replaced_by_key_id=record.replaced_by_key_id or "",
     )
