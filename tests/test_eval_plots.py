@@ -48,6 +48,23 @@ def test_det_plot(tmp_path: Path) -> None:
     _png(target, min_size=(400, 400), max_size=(1200, 1200))
 
 
+def test_a_curve_with_every_pair_apart_is_drawn_where_it_can_be_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faceanonymixer.evaluation import plots
+
+    saved: list[object] = []
+    monkeypatch.setattr(plots, "_save_figure", lambda figure, path: saved.append(figure) or Path(path))
+    det_plot({"overlap": (GENUINE, IMPOSTOR), "apart": (GENUINE, IMPOSTOR + 1.0)}, tmp_path / "d.png")
+    (axes,) = saved[0].axes  # type: ignore[attr-defined]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    marker = lines["apart (EER 0: all pairs apart)"]
+    low, high = axes.get_xlim()
+    x, y = marker.get_xdata()[0], marker.get_ydata()[0]
+    assert low < x < high and low < y < high  # inside the axes, not on their edges
+    assert any(label.startswith("overlap (EER") for label in lines)
+
+
 def test_det_plot_without_curves(tmp_path: Path) -> None:
     _png(det_plot({}, tmp_path / "det.png", "empty"), min_size=(400, 400), max_size=(1200, 1200))
 

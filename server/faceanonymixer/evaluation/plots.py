@@ -123,16 +123,24 @@ def det_plot(
 ) -> Path:
     """DET curves (FNMR against FMR, probit axes) of named (genuine, impostor) distance sets.
 
-    A curve lacking genuine or impostor distances appears in the legend only, marked so.
+    A curve lacking genuine or impostor distances appears in the legend only, marked so; one whose
+    pairs are all apart (every genuine distance below every impostor one, EER 0) is a marker near
+    the lower-left corner, since its curve would lie on the plot's edges.
     """
     figure = _new_figure(6.5, 6.0)
     axes = figure.add_subplot()
     drawn: list[np.ndarray] = []
+    #: curves whose pairs are all apart (EER 0): their staircase would run along the plot's edges,
+    #: where no reader sees it, so each is a marker in the lower-left corner instead
+    separated: list[str] = []
     for name, (genuine, impostor) in curves.items():
         g = _finite_scores(genuine, f"{name} genuine")
         i = _finite_scores(impostor, f"{name} impostor")
         if g.size == 0 or i.size == 0:
             axes.plot([], [], label=f"{name} (no {'genuine' if g.size == 0 else 'impostor'} pairs)")
+            continue
+        if g.max() < i.min():
+            separated.append(name)
             continue
         fmr, fnmr = det_curve_points(g, i)
         # FMR up, FNMR down: a monotone staircase even where several points share an FMR
@@ -150,6 +158,9 @@ def det_plot(
     positions = [_NORMAL.inv_cdf(t) for t in ticks]
     labels = [_percent(t) for t in ticks]
     limits = (_NORMAL.inv_cdf(low), _NORMAL.inv_cdf(high))
+    for offset, name in enumerate(separated):
+        corner = limits[0] + 0.06 * (offset + 1) * (limits[1] - limits[0])
+        axes.plot([corner], [corner], marker="o", linestyle="none", label=f"{name} (EER 0: all pairs apart)")
     axes.plot(limits, limits, color="0.6", linestyle=":", linewidth=1, label="FMR = FNMR")
     axes.set_xlim(*limits)
     axes.set_ylim(*limits)
