@@ -88,7 +88,7 @@ def protect_locally(
     from tqdm import tqdm
 
     from faceanonymixer.errors import InvalidRequestError
-    from faceanonymixer.profiles import profile_revision
+    from faceanonymixer.profiles import profile_revision, with_optimisation_overrides
     from faceanonymixer.protector import Protector
 
     if runtime not in ("torch", "onnx"):
@@ -120,7 +120,8 @@ def protect_locally(
             profile_id=result.profile_id,
             key_id=result.key_id,
             key_version=result.key_version,
-            profile_revision=profile_revision(profile),
+            # what ran: with --steps, another revision than the key's (the faces differ)
+            profile_revision=profile_revision(with_optimisation_overrides(profile, overrides)),
             report={
                 "target_distance": round(result.target_distance, 4),
                 "original_distance": round(result.original_distance, 4),
