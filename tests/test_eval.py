@@ -153,6 +153,7 @@ def rates_in_range(node: Any) -> list[str]:
     return bad
 
 
+@pytest.mark.slow  # a real `faceanonymixer eval` process: its start-up alone takes seconds
 def test_report_has_the_documented_schema(evaluated: tuple[Path, dict[str, Any], str]) -> None:
     _, report, _ = evaluated
     assert {"dataset", "profile", "judges", "quality", "cost", "baselines"} <= set(report)
@@ -173,6 +174,7 @@ def test_report_has_the_documented_schema(evaluated: tuple[Path, dict[str, Any],
     assert rates_in_range(report) == []
 
 
+@pytest.mark.slow  # a real `faceanonymixer eval` process: its start-up alone takes seconds
 def test_report_is_sane_on_orl(evaluated: tuple[Path, dict[str, Any], str]) -> None:
     out, report, stdout = evaluated
     assert report["dataset"]["identities"] == PEOPLE and report["dataset"]["photos"] == PEOPLE * PHOTOS
@@ -194,6 +196,15 @@ def test_report_is_sane_on_orl(evaluated: tuple[Path, dict[str, Any], str]) -> N
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def eval_command(*arguments: str | Path) -> Any:
+    """``faceanonymixer eval`` in this process: argument errors come before any model loads."""
+    from typer.testing import CliRunner
+
+    from faceanonymixer.cli import app
+
+    return CliRunner().invoke(app, ["eval", *map(str, arguments)])
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -204,14 +215,14 @@ def test_report_is_sane_on_orl(evaluated: tuple[Path, dict[str, Any], str]) -> N
 def test_bad_arguments_are_one_line_errors(
     dataset: Path, tmp_path: Path, arguments: list[str], message: str
 ) -> None:
-    command = [sys.executable, "-m", "faceanonymixer.cli", "eval", str(dataset), "--out", str(tmp_path / "o")]
-    done = subprocess.run(command + arguments, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and message in done.stderr
+    command = [dataset, "--out", tmp_path / "o", *arguments]
+    done = eval_command(*command)
+    assert done.exit_code == 2 and message in done.stderr
     assert not (tmp_path / "o" / "report.json").exists()
     if arguments[0] == "--max-identities":
         return  # a usage error found by the option parser: on stderr, --json or not
-    as_json = subprocess.run([*command, *arguments, "--json"], capture_output=True, text=True, timeout=120)
-    assert as_json.returncode == 2 and as_json.stderr == ""
+    as_json = eval_command(*command, "--json")
+    assert as_json.exit_code == 2 and as_json.stderr == ""
     assert message in json.loads(as_json.stdout)["error"]["message"]
 
 
@@ -219,8 +230,7 @@ def test_missing_dataset_and_non_empty_out_are_refused(tmp_path: Path) -> None:
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("mine")
     for dataset, out in ((tmp_path / "absent", tmp_path / "o"), (tmp_path, tmp_path / "used")):
-        command = [sys.executable, "-m", "faceanonymixer.cli", "eval", str(dataset), "--out", str(out)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        done = eval_command(dataset, "--out", out)
         lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+        assert done.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
