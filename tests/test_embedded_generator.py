@@ -39,32 +39,41 @@ def test_the_committed_generator_loads_only_with_its_sha256(trained_weights: Non
         load_digiface_dcgan(tampered, sha256=entry.sha256)
 
 
+#: the first six lfw people by name, two photos each (not chosen by their results)
+PEOPLE_COUNT = 6
+
+
 @pytest.mark.slow
 def test_one_shared_key_keeps_a_person_together_and_people_apart(
     trained_weights: None, faces_root: Path
 ) -> None:
+    """Under one shared key, each photo in its own call: pairs of different people apart and pairs of
+    one person together, at the rates the profile was measured at on all 120 lfw people (dlib at
+    0.6: same person about 0.91-0.94, different people 0.991;
+    docs/decisions/2026-12-07-diverse-statistics-and-kept-axes.md). At those rates more than 2
+    misses of 6 same-person pairs, or more than 2 matches of 60 different-person pairs, come with
+    a draw of people about 1% and 2% of the time: beyond them is a regression."""
     from faceanonymixer.evaluation.judges import DlibJudge
     from faceanonymixer.protector import Protector
 
     lfw = faces_root / "lfw"
-    photos = [
-        lfw / "Al_Sharpton" / "Al_Sharpton_0001.jpg",
-        lfw / "Al_Sharpton" / "Al_Sharpton_0002.jpg",
-        lfw / "Alastair_Campbell" / "Alastair_Campbell_0001.jpg",
-    ]
+    people = sorted(folder.name for folder in lfw.iterdir() if folder.is_dir())[:PEOPLE_COUNT]
+    photos = [(person, lfw / person / f"{person}_{index:04d}.jpg") for person in people for index in (1, 2)]
     protector = Protector(PROFILE)
-    # each photo in its own call, as probes arrive
-    protected = [protector.protect(photo, SHARED_KEY)[0].photo for photo in photos]
     judge = DlibJudge()
-    embeddings = [judge.embed(image) for image in protected]
-    assert all(embedding is not None for embedding in embeddings), "dlib found no face in a protected photo"
-    same, first_other, second_other = (
-        float(np.linalg.norm(embeddings[a] - embeddings[b]))  # type: ignore[operator]
-        for a, b in ((0, 1), (0, 2), (1, 2))
-    )
-    print(f"{PROFILE}, one shared key, dlib: same {same:.3f}, others {first_other:.3f} {second_other:.3f}")
-    assert same < 0.6
-    assert first_other >= 0.6 and second_other >= 0.6
+    embeddings = []
+    for _, photo in photos:  # each photo in its own call, as probes arrive
+        embedding = judge.embed(protector.protect(photo, SHARED_KEY)[0].photo)
+        assert embedding is not None, f"dlib found no face in the protected {photo.name}"
+        embeddings.append(embedding)
+    same, other = [], []
+    for first in range(len(photos)):
+        for second in range(first + 1, len(photos)):
+            distance = float(np.linalg.norm(embeddings[first] - embeddings[second]))
+            (same if photos[first][0] == photos[second][0] else other).append(distance)
+    print(f"{PROFILE}, one shared key, dlib: same {np.round(same, 3)}, others (min) {min(other):.3f}")
+    assert sum(distance < 0.6 for distance in same) >= len(same) - 2
+    assert sum(distance < 0.6 for distance in other) <= 2
 
 
 def test_the_trained_generator_takes_the_key_face_mostly_in_the_centre(trained_weights: None) -> None:

@@ -160,7 +160,14 @@ def test_engine_and_reference_differ_no_more_than_the_engine_from_itself(
     config = engine.profile.optimisation.with_overrides(steps=STEPS, inversion_steps=0)
     theirs = reference.reference_protect(engine, face, KEY, config).latent[0].numpy()
 
-    own = np.quantile(np.abs(mine["protected"] - rounded_otherwise["protected"]), 0.9)
+    # The engine's own rounding spread is itself a draw: for this photo at 8 steps it was 3.7e-4
+    # under the profile of 2026-12-07 (kept_axes 2), 3.7e-3 under the one before and 1.1e-2 with
+    # kept_axes 0, while the reference sat 4.4e-3, 3.7e-3 and 1.1e-2 away (targets and synthetic
+    # latents equal to 1e-5: the loops part where a gradient component is near zero). The floor
+    # of 2.5e-3 keeps one small draw from failing a faithful reference; the bound (at least 7e-3)
+    # is below what the target_gain 1.5 reference (1.0e-2) and the view variants (4e-2) gave under
+    # the profile before (not re-measured under this one).
+    own = max(np.quantile(np.abs(mine["protected"] - rounded_otherwise["protected"]), 0.9), 2.5e-3)
     # with the views in turn (bound about 3.8e-3) it catches a reference that sees both views every
     # step (0.040), one view only (0.043) or target_gain 1.5 for 1.6 (0.010); with both views every
     # step the bound was 2.1e-2 and caught only the one-view loop (0.053). Finer differences stay

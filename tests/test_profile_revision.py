@@ -56,7 +56,7 @@ def test_a_setting_added_later_counts_only_away_from_its_default() -> None:
     assert "kept_axes" not in profiles._FIRST_REVISION_SETTINGS
     at_default = profiles._optimisation_document(profiles.EMBEDDED_LFW_STATS.optimisation)
     assert set(at_default) == profiles._FIRST_REVISION_SETTINGS  # kept_axes (later) at 0: left out
-    document = profiles._optimisation_document(EMBEDDED.optimisation)  # kept_axes 4
+    document = profiles._optimisation_document(EMBEDDED.optimisation)  # kept_axes 2
     assert set(document) == profiles._FIRST_REVISION_SETTINGS | {"kept_axes"}
 
 

@@ -193,17 +193,18 @@ EMBEDDED_LFW_STATS = replace(
 #: research data, see the weights manifest): the identity mean and principal axes
 #: ("dlib-identity-diverse-*") and the identity-to-code map ("lfw-dcgan-diverse-identity-code"). The
 #: LFW-only mean put Black and Asian women far from the centre, where their targets crowded
-#: together under a shared key. The target also keeps each photo's identity along the top 4
+#: together under a shared key. The target also keeps each photo's identity along the top 2
 #: principal axes, where groups (gender, skin tone, age) differ most, and the key rotates the
-#: identity inside the next 48 (kept_axes 4, source_axes 52): people of one group are spread by
-#: the key instead of drawn towards one region. Measured per group on utk_dev and on lfw:
+#: identity inside the next 48 (kept_axes 2, source_axes 50): people of one group are spread by
+#: the key instead of drawn towards one region, at a cost in unlinkability (4 axes kept more of
+#: both). Measured per group on utk_dev and on lfw, 0, 2 and 4 axes:
 #: docs/decisions/2026-12-07-diverse-statistics-and-kept-axes.md.
 EMBEDDED = replace(
     EMBEDDED_LFW_STATS,
     identity_mean="dlib-identity-diverse-mean",
     identity_basis="dlib-identity-diverse-basis",
     identity_code_map="lfw-dcgan-diverse-identity-code",
-    optimisation=replace(EMBEDDED_LFW_STATS.optimisation, kept_axes=4, source_axes=52),
+    optimisation=replace(EMBEDDED_LFW_STATS.optimisation, kept_axes=2, source_axes=50),
 )
 
 #: The published models: StyleGAN2 FFHQ 1024 (W+ 18 x 512; rows 0-2 from the key, 3-7 optimised, 8-17
