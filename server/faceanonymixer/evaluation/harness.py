@@ -74,7 +74,7 @@ class EvalConfig:
     optimisation: dict[str, Any] = field(default_factory=dict)
     baselines: bool = True
     #: torch threads per job (``threads.py``): N > 0 fixed, 0 per batch from the idle cores of the
-    #: job's share (``cpu_count // jobs``); None: ``FACEANONYMIXER_THREADS``, else 0
+    #: job's share (usable cores // jobs); None: ``FACEANONYMIXER_THREADS``, else 0
     threads: int | None = None
 
 
