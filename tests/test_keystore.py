@@ -756,16 +756,13 @@ def test_the_cli_rotates_the_kek(tmp_path: Path) -> None:
     assert refused.exit_code != 0 and "does not open" in refused.stderr
 
 
-def test_key_commands_give_errors_as_json_with_json(tmp_path: Path) -> None:
+def test_key_commands_give_errors_as_json_with_json(tmp_path: Path, kek_file: Path) -> None:
     import json
 
     from typer.testing import CliRunner
 
     from faceanonymixer.cli import app
 
-    kek_file = tmp_path / "kek.bin"
-    kek_file.write_bytes(os.urandom(32))
-    kek_file.chmod(0o600)
     env = {"FACEANONYMIXER_KEK_FILE": str(kek_file)}
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     for command in (["get", "fk_nobody"], ["revoke", "fk_nobody"]):

@@ -386,14 +386,15 @@ def test_a_failed_rename_leaves_no_temporary_file(tmp_path: Path, monkeypatch: p
 
 
 def test_a_stored_key_protects_under_the_revision_it_was_made_for(
-    engines: list[ProtectionEngine], photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engines: list[ProtectionEngine],
+    photos: list[Path],
+    tmp_path: Path,
+    kek_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
     from faceanonymixer.profiles import EMBEDDED_LFW_STATS, profile_revision, with_optimisation_overrides
 
-    kek_file = tmp_path / "kek.bin"
-    kek_file.write_bytes(bytes(range(32)))
-    kek_file.chmod(0o600)
     monkeypatch.setenv("FACEANONYMIXER_KEK_FILE", str(kek_file))
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     archived, current = profile_revision(EMBEDDED_LFW_STATS), profile_revision(EMBEDDED)

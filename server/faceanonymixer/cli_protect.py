@@ -46,9 +46,10 @@ def load_local_key(
     from faceanonymixer.profiles import get_profile, served_profiles
 
     try:
-        served = served_profiles(get_profile(profile))
+        current = get_profile(profile)
     except ValueError as error:
         raise InvalidRequestError(str(error), field="profile") from None
+    served = served_profiles(current)
     if key_file is not None:
         if revision is not None and revision not in served:
             known = ", ".join(served)
@@ -56,7 +57,7 @@ def load_local_key(
                 f"profile {profile!r} has no revision {revision!r}; this version has {known}",
                 field="revision",
             )
-        chosen = served[revision] if revision is not None else next(iter(served.values()))
+        chosen = served[revision] if revision is not None else current
         return ProtectionKey.from_file(key_file, version=key_version), chosen
     assert key_id is not None
     if revision is not None:
