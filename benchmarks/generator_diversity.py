@@ -43,14 +43,14 @@ from judge_protection import (
 )
 from PIL import Image
 
-from faceanonymixer.alignment import paste_back
-from faceanonymixer.engine import FEATHER, PreparedFace, ProtectionEngine
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.engine.protection import FEATHER, PreparedFace, ProtectionEngine
 from faceanonymixer.evaluation.judges import load_judges
 from faceanonymixer.evaluation.pairs import pair_distances_between, unordered_pairs
-from faceanonymixer.generators import DigiFaceGenerator
-from faceanonymixer.imageio import RGBImage
-from faceanonymixer.outputs import write_atomic
+from faceanonymixer.faces.alignment import paste_back
+from faceanonymixer.faces.imageio import RGBImage
+from faceanonymixer.models.dcgan import DCGANGenerator
+from faceanonymixer.utils.errors import FaceAnonyMixerError
+from faceanonymixer.utils.files import write_atomic
 
 VARIANTS = ("unprotected", "crop", "reconstruction", "sample")
 
@@ -59,7 +59,7 @@ def load_training_state(engine: ProtectionEngine, path: Path) -> int:
     """Put a ``models train-generator`` checkpoint's generator and encoder into ``engine``; its step."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     generator, encoder = engine.generator, engine.inverter.encoder
-    if not isinstance(generator, DigiFaceGenerator) or not isinstance(encoder, torch.nn.Module):
+    if not isinstance(generator, DCGANGenerator) or not isinstance(encoder, torch.nn.Module):
         raise SystemExit(
             f"--state holds a DCGAN and its encoder; profile {engine.profile.profile_id!r} has neither"
         )

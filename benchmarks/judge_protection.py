@@ -15,7 +15,7 @@ Data
     first ``--max-images`` (sorted by name) are kept, until ``--max-identities`` identities are
     collected over all sets (after passing over the first ``--skip-identities`` usable ones: a
     slice held out from tuning). Labels are ``<set>/<identity>``. Photos the engine cannot decode or
-    align (typed :class:`~faceanonymixer.errors.FaceAnonyMixerError`) are counted and skipped.
+    align (typed :class:`~faceanonymixer.utils.errors.FaceAnonyMixerError`) are counted and skipped.
 Keys
     Derived from ``--seed``: for each identity a key A = sha256("<seed>:<label>:A") and a second
     key B = sha256("<seed>:<label>:B"); one shared key S = sha256("<seed>:shared:S") for everyone.
@@ -87,9 +87,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.engine import PreparedFace, ProtectionResult, Subject
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.engine.protection import PreparedFace, ProtectionResult, Subject
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.engine.protector import Protector
 from faceanonymixer.evaluation.judges import Judge, load_judges, threshold_at_fmr
 from faceanonymixer.evaluation.pairs import (
     pair_distances_between,
@@ -97,9 +97,9 @@ from faceanonymixer.evaluation.pairs import (
     stack_embeddings,
     unordered_pairs,
 )
-from faceanonymixer.outputs import write_atomic
-from faceanonymixer.protection_key import ProtectionKey
-from faceanonymixer.protector import Protector
+from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.utils.errors import FaceAnonyMixerError
+from faceanonymixer.utils.files import write_atomic
 
 #: protection settings: per-photo calls under A, B and the shared S; joint calls under A
 PROBE_SETTINGS = ("A", "B", "S")

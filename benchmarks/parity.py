@@ -16,10 +16,10 @@ import dlib
 import numpy as np
 
 from faceanonymixer import FaceAligner, load_recognizer
-from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.embedding import embed_chips
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.faces.embedding import embed_chips
 from faceanonymixer.models.dlib_face_resnet import default_weights_path
+from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 SETS = ("lfw", "deepface", "orl", "yale", "fr_examples")
 

@@ -40,7 +40,7 @@ from judge_protection import (
 )
 
 from faceanonymixer.evaluation.judges import published_threshold
-from faceanonymixer.outputs import write_atomic
+from faceanonymixer.utils.files import write_atomic
 
 #: the acceptance rows printed per run
 RUN_ROWS: list[tuple[str, tuple[str, ...]]] = [

@@ -34,9 +34,9 @@ import torch
 from reference_loop import reference_protect
 from torch.utils.flop_counter import FlopCounterMode
 
-from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.engine import PreparedFace, ProtectionEngine, Subject
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.engine.profiles import OptimisationConfig, get_profile
+from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, Subject
+from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.evaluation.judges import DlibJudge
 from faceanonymixer.evaluation.pairs import (
     pair_distances_between,
@@ -44,9 +44,9 @@ from faceanonymixer.evaluation.pairs import (
     stack_embeddings,
     unordered_pairs,
 )
-from faceanonymixer.imageio import RGBImage
-from faceanonymixer.profiles import OptimisationConfig, get_profile
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.faces.imageio import RGBImage
+from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 
 def percentile(values: list[float], share: float) -> float:

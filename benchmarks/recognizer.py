@@ -16,9 +16,9 @@ import dlib
 import numpy as np
 import torch
 
-from faceanonymixer.embedding import chips_to_tensor
+from faceanonymixer.faces.embedding import chips_to_tensor
 from faceanonymixer.models.dlib_face_resnet import default_weights_path
-from faceanonymixer.recognizers import load_recognizer
+from faceanonymixer.models.recognizers import load_recognizer
 
 
 def images_per_second(run_batch: Callable[[], object], batch: int, seconds: float) -> float:

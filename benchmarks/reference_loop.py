@@ -1,7 +1,7 @@
 """The reference protection loop: the paper's algorithm, written plainly, one face at a time.
 
 The speed baseline of issue 9. It uses the engine's models (generator, loss recognizer, inverter,
-identity centre) and the profile's :class:`~faceanonymixer.profiles.OptimisationConfig`, and
+identity centre) and the profile's :class:`~faceanonymixer.engine.profiles.OptimisationConfig`, and
 computes the engine's loss term by term, but with none of the engine's work-saving: one face per
 call, float32 eager, and everything that does not change between steps (the original embedding,
 the key's synthetic latent and target, the mask grid, the pooled real crop, the latent layout)
@@ -19,9 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faceanonymixer.alignment import feather_mask, paste_back
-from faceanonymixer.embedding import chips_to_tensor
-from faceanonymixer.engine import (
+from faceanonymixer.engine.profiles import OptimisationConfig
+from faceanonymixer.engine.protection import (
     ATTRIBUTE_POOL,
     FEATHER,
     PreparedFace,
@@ -31,10 +30,11 @@ from faceanonymixer.engine import (
     set_memory_format,
     views_at_step,
 )
-from faceanonymixer.generators import LatentRole
-from faceanonymixer.imageio import RGBImage
-from faceanonymixer.profiles import OptimisationConfig
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.faces.alignment import feather_mask, paste_back
+from faceanonymixer.faces.embedding import chips_to_tensor
+from faceanonymixer.faces.imageio import RGBImage
+from faceanonymixer.models.generator_base import LatentRole
 
 __all__ = ["ReferenceResult", "reference_protect"]
 

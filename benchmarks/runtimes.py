@@ -30,8 +30,8 @@ runtime, onnx_dir = sys.argv[1], sys.argv[2]
 threads, batch, calls = (int(value) for value in sys.argv[3:6])
 photos = sys.argv[6:]
 torch.set_num_threads(threads)
-from faceanonymixer.engine import ProtectionEngine, Subject
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.engine.protection import ProtectionEngine, Subject
+from faceanonymixer.engine.protection_key import ProtectionKey
 started = time.perf_counter()
 engine = ProtectionEngine("embedded", runtime=runtime, onnx_dir=onnx_dir if runtime == "onnx" else None)
 load = time.perf_counter() - started

@@ -85,10 +85,10 @@ def in_process_seconds(photo: bytes, optimisation: dict[str, Any], repeats: int,
     intra-op threads one of the server's workers gets."""
     import torch
 
-    from faceanonymixer.engine import ProtectionEngine
-    from faceanonymixer.imageio import decode_image_bytes
-    from faceanonymixer.profiles import EMBEDDED
-    from faceanonymixer.protection_key import ProtectionKey
+    from faceanonymixer.engine.profiles import EMBEDDED
+    from faceanonymixer.engine.protection import ProtectionEngine
+    from faceanonymixer.engine.protection_key import ProtectionKey
+    from faceanonymixer.faces.imageio import decode_image_bytes
     from faceanonymixer.service.protection import OutputOptions, protect_photos
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

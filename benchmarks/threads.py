@@ -35,7 +35,7 @@ SETTINGS: dict[str, dict[str, str] | None] = {
 _MEASURE = """
 import hashlib, json, sys, time
 import torch
-from faceanonymixer.protector import Protector
+from faceanonymixer.engine.protector import Protector
 photo, calls, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 threads = None if mode == "torch" else int(mode)
 protector = Protector("embedded", threads=threads)

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from faceanonymixer import FaceAligner, load_recognizer
-from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.embedding import embed_images
 from faceanonymixer.evaluation.verification import equal_error_rate, match_rates, pair_distances
+from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.faces.embedding import embed_images
 
 
 def main() -> None:

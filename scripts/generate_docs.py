@@ -30,11 +30,11 @@ MARKER = re.compile(r"(<!-- generated: (\w+) -->\n).*?(<!-- end generated -->)",
 
 
 def cli_reference() -> str:
-    """What ``typer faceanonymixer.cli utils docs`` writes, run as a user would run it."""
+    """What ``typer faceanonymixer.cli.main utils docs`` writes, run as a user would run it."""
     typer = Path(sys.executable).with_name("typer")
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "cli.md"
-        command = [str(typer), "faceanonymixer.cli", "utils", "docs", "--name", "faceanonymixer"]
+        command = [str(typer), "faceanonymixer.cli.main", "utils", "docs", "--name", "faceanonymixer"]
         subprocess.run(
             [*command, "--output", str(output)],
             check=True,

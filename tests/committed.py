@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from faceanonymixer.weights import CommittedWeights, committed_weights
+from faceanonymixer.models.weights import CommittedWeights, committed_weights
 
 
 def committed_entry(name: str, what: str) -> CommittedWeights:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 # One torch thread in every test and in the processes tests start (they inherit it), unless the
 # caller set it: results then agree bit for bit with the 1-thread references the tests compute,
-# and a test on a busy machine is slower, never wrong (faceanonymixer.threads).
+# and a test on a busy machine is slower, never wrong (faceanonymixer.utils.threads).
 os.environ.setdefault("FACEANONYMIXER_THREADS", "1")
 
 #: the labelled photo sets beside the repository; FACEANONYMIXER_FACES points elsewhere
@@ -28,7 +28,7 @@ def weights() -> None:
     """Skips where the embedded profile's committed weights are absent (a partial checkout)."""
     from committed import committed_entry
 
-    committed_entry("embedded-encoder", "the embedded profile's encoder")
+    committed_entry("digiface-dcgan-encoder", "the embedded profile's encoder")
 
 
 @pytest.fixture(scope="module")

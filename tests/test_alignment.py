@@ -11,10 +11,15 @@ from PIL import Image
 
 from conftest import EVALUATION_SETS
 from faceanonymixer import AlignedFace, FaceAligner
-from faceanonymixer.alignment import paste_back, warp_affine
-from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.errors import FaceAnonyMixerError, InvalidImageError, MultipleFacesError, NoFaceError
-from faceanonymixer.imageio import load_image
+from faceanonymixer.faces.alignment import paste_back, warp_affine
+from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.faces.imageio import load_image
+from faceanonymixer.utils.errors import (
+    FaceAnonyMixerError,
+    InvalidImageError,
+    MultipleFacesError,
+    NoFaceError,
+)
 
 dlib = pytest.importorskip("dlib")
 face_recognition_models = pytest.importorskip("face_recognition_models")

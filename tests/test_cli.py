@@ -11,7 +11,7 @@ import sys
 from typer.testing import CliRunner
 
 from faceanonymixer import __version__
-from faceanonymixer.cli import app
+from faceanonymixer.cli.main import app
 
 runner = CliRunner()
 

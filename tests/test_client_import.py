@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "dlib", "torchvision", "cv2", "face_recognition_models")
 
 #: modules of the server side that the client must never load, with their submodules
-SERVER_SIDE = ("faceanonymixer.engine", "faceanonymixer.service", "faceanonymixer.keystore")
+SERVER_SIDE = ("faceanonymixer.engine.protection", "faceanonymixer.service", "faceanonymixer.keystore")
 
 _PROBE = textwrap.dedent(
     """

@@ -43,9 +43,9 @@ from PIL import Image
 from service_harness import ServerProcess
 from test_service_auth import issue, make_ca
 
+from faceanonymixer.engine.profiles import get_profile
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.keystore.key_ids import KeyIds
-from faceanonymixer.profiles import get_profile
 from faceanonymixer_client import (
     AsyncProtectionClient,
     DeadlineError,
@@ -740,7 +740,7 @@ def _no_face(request: pytest.FixtureRequest) -> Observed:
 
 
 def _multiple_faces(request: pytest.FixtureRequest) -> Observed:
-    from faceanonymixer.alignment import FaceAligner
+    from faceanonymixer.faces.alignment import FaceAligner
 
     main, photos, client = _main(request)
     assert len(FaceAligner().detect(decoded(photos.two_faces))) == 2  # dlib sees both people

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceanonymixer import demo as demo_module
-from faceanonymixer.demo import GRID_CELL, PersonRun, Photo, grid_size
-from faceanonymixer.errors import InvalidRequestError
+from faceanonymixer.cli import demo as demo_module
+from faceanonymixer.cli.demo import GRID_CELL, PersonRun, Photo, grid_size
+from faceanonymixer.utils.errors import InvalidRequestError
 
 #: optimisation steps of the quick run
 QUICK_STEPS = 5
@@ -312,10 +312,10 @@ def test_the_judge_describes_an_original_exactly_as_dlib_judge_does() -> None:
 
 
 def test_run_in_background_raises_a_start_up_failure_in_the_caller(tmp_path: Path) -> None:
-    from faceanonymixer.errors import ModelLoadError
     from faceanonymixer.keystore import KeyEncryptionKey
     from faceanonymixer.service.server import run_in_background
     from faceanonymixer.service.settings import ServiceSettings
+    from faceanonymixer.utils.errors import ModelLoadError
 
     settings = ServiceSettings.load(
         None,

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.embedding import chips_to_tensor
-from faceanonymixer.errors import ModelFormatError
+from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.faces.embedding import chips_to_tensor
 from faceanonymixer.models.dlib_face_resnet import (
     default_weights_path,
     face_resnet_stack,
@@ -18,7 +17,8 @@ from faceanonymixer.models.dlib_face_resnet import (
 )
 from faceanonymixer.models.dlib_format import DlibReader
 from faceanonymixer.models.dlib_network import _add_zero_padded, read_network
-from faceanonymixer.recognizers import available_recognizers, load_recognizer
+from faceanonymixer.models.recognizers import RECOGNIZERS, load_recognizer
+from faceanonymixer.utils.errors import ModelFormatError
 
 dlib = pytest.importorskip("dlib")
 
@@ -95,7 +95,7 @@ def test_shortcut_addition_zero_pads_like_dlib() -> None:
 
 
 def test_registry_lists_dlib_and_rejects_unknown_names() -> None:
-    assert "dlib" in available_recognizers()
+    assert "dlib" in RECOGNIZERS.names()
     with pytest.raises(ValueError, match="unknown recognizer"):
         load_recognizer("no-such-model")
 
@@ -161,8 +161,8 @@ def test_gradients_reach_the_input_image(recognizer: torch.nn.Module, real_chips
 def test_orl_verification_eer(recognizer: torch.nn.Module, faces_root: Path) -> None:
     """All pairs of ORL, Euclidean distance (also: python benchmarks/verification.py ../shared/faces/orl)."""
     from faceanonymixer import FaceAligner
-    from faceanonymixer.embedding import embed_images
     from faceanonymixer.evaluation.verification import equal_error_rate, pair_distances
+    from faceanonymixer.faces.embedding import embed_images
 
     faces = embed_images(
         list_identity_images(faces_root / "orl"), aligner=FaceAligner(), recognizer=recognizer

@@ -151,7 +151,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dlib's detector finds beside her face) and three variations of it, as JPEG."""
     from PIL import Image, ImageOps
 
-    from faceanonymixer.demo import sample_photos
+    from faceanonymixer.cli.demo import sample_photos
 
     folder = tmp_path_factory.mktemp("prepared")
     crop = next(photo for photo in sample_photos().photos if photo.name == "tighter-crop")

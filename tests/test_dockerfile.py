@@ -186,10 +186,10 @@ def local_copies() -> list[tuple[Instruction, list[str]]]:
 
 
 def test_the_matcher_reads_dockerignore_as_buildkit_does() -> None:
-    assert not excluded("server/faceanonymixer/cli.py")
+    assert not excluded("server/faceanonymixer/cli/main.py")
     assert not excluded("pyproject.toml")
     assert excluded("server/faceanonymixer/__pycache__/cli.cpython-311.pyc")
-    assert excluded("server/faceanonymixer/cli.pyc")
+    assert excluded("server/faceanonymixer/cli/main.pyc")
     assert excluded("faceanonymixer.egg-info/PKG-INFO")
 
 
@@ -243,9 +243,10 @@ def test_every_committed_weights_file_ships_in_the_wheel() -> None:
     # absent there, and the profile that needs it fails to load
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["faceanonymixer"]
-    manifest = json.loads((REPO_ROOT / "server" / "faceanonymixer" / "weights" / "manifest.json").read_text())
+    weights = REPO_ROOT / "server" / "faceanonymixer" / "models" / "weights"
+    manifest = json.loads((weights / "manifest.json").read_text())
     for name, entry in manifest.items():
-        shipped = Path("weights", entry["file"])
+        shipped = Path("models", "weights", entry["file"])
         assert any(shipped.match(pattern) for pattern in patterns), f"{name}: {shipped} is not package data"
 
 
@@ -293,11 +294,11 @@ def test_the_python_and_torch_of_the_images_are_the_projects() -> None:
 
 
 def cli_command(name: str) -> typer.core.TyperCommand:
-    from faceanonymixer.cli import app
+    from faceanonymixer.cli.main import app
 
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
-    assert name in group.commands, f"faceanonymixer.cli.app has no command {name!r}"
+    assert name in group.commands, f"faceanonymixer.cli.main.app has no command {name!r}"
     command = group.commands[name]
     assert isinstance(command, typer.core.TyperCommand)
     return command

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from test_ir_se50 import Shapes, parameter_count, random_state, reference_trunk_shapes, shapes_of
 
-from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.models.e4e import E4EEncoder, Encoder4Editing, load_e4e, n_styles_for
-from faceanonymixer.weights import file_sha256
+from faceanonymixer.models.weights import file_sha256
+from faceanonymixer.utils.errors import ModelFormatError
 
 #: Encoder4Editing(50, 'ir_se') for stylegan_size 1024, parameters only (from the shapes below)
 E4E_PARAMETERS = 267_136_704

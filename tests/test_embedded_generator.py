@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from committed import committed_entry
 
-from faceanonymixer.errors import ModelFormatError
-from faceanonymixer.profiles import get_profile
-from faceanonymixer.protection_key import ProtectionKey
-from faceanonymixer.weights import weights_entry
+from faceanonymixer.engine.profiles import get_profile
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.models.weights import weights_entry
+from faceanonymixer.utils.errors import ModelFormatError
 
 PROFILE = "embedded"
 SHARED_KEY = ProtectionKey(bytes(range(100, 132)))
@@ -22,7 +22,7 @@ SHARED_KEY = ProtectionKey(bytes(range(100, 132)))
 @pytest.fixture(scope="module")
 def trained_weights() -> None:
     profile = get_profile(PROFILE)
-    for name in (profile.generator, profile.encoder):
+    for name in (profile.generator, profile.inverter):
         committed_entry(name, f"the {PROFILE} profile's {name}")
 
 
@@ -53,8 +53,8 @@ def test_one_shared_key_keeps_a_person_together_and_people_apart(
     docs/decisions/2026-12-07-diverse-statistics-and-kept-axes.md). At those rates more than 2
     misses of 6 same-person pairs, or more than 2 matches of 60 different-person pairs, come with
     a draw of people about 1% and 2% of the time: beyond them is a regression."""
+    from faceanonymixer.engine.protector import Protector
     from faceanonymixer.evaluation.judges import DlibJudge
-    from faceanonymixer.protector import Protector
 
     lfw = faces_root / "lfw"
     people = sorted(folder.name for folder in lfw.iterdir() if folder.is_dir())[:PEOPLE_COUNT]
@@ -77,7 +77,8 @@ def test_one_shared_key_keeps_a_person_together_and_people_apart(
 
 
 def test_the_trained_generator_takes_the_key_face_mostly_in_the_centre(trained_weights: None) -> None:
-    from faceanonymixer.generators import CENTRE_CELLS, load_generator
+    from faceanonymixer.models.dcgan import CENTRE_CELLS
+    from faceanonymixer.models.generators import load_generator
 
     layout = load_generator(get_profile(PROFILE).generator).layout
     weights = layout.key_blend_of(range(16))

@@ -1,7 +1,7 @@
 """The protection engine on real photos, with few steps: latent mixing by layout, loss terms,
 determinism per key, cancellation, typed errors and output shapes.
 
-Needs the committed encoder weights ("embedded-encoder" in weights/manifest.json) and the shared
+Needs the committed encoder weights ("digiface-dcgan-encoder" in weights/manifest.json) and the shared
 face photos; skips with the reason when either is missing. One engine serves the whole module.
 """
 
@@ -17,14 +17,15 @@ import pytest
 import torch
 from committed import committed_entry
 
-from faceanonymixer.embedding import chips_to_tensor
-from faceanonymixer.engine import ProtectionEngine, ProtectionResult, Subject, views_at_step
-from faceanonymixer.errors import InvalidKeyError, NoFaceError, ProtectionCancelledError
-from faceanonymixer.generators import CENTRE_CELLS, DigiFaceGenerator, LatentRole
-from faceanonymixer.identity_target import key_target_map, synthetic_code, target_identity
-from faceanonymixer.imageio import load_image
-from faceanonymixer.protection_key import ProtectionKey
-from faceanonymixer.protector import Protector
+from faceanonymixer.engine.identity_target import key_target_map, synthetic_code, target_identity
+from faceanonymixer.engine.protection import ProtectionEngine, ProtectionResult, Subject, views_at_step
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.engine.protector import Protector
+from faceanonymixer.faces.embedding import chips_to_tensor
+from faceanonymixer.faces.imageio import load_image
+from faceanonymixer.models.dcgan import CENTRE_CELLS, DCGANGenerator
+from faceanonymixer.models.generator_base import LatentRole
+from faceanonymixer.utils.errors import InvalidKeyError, NoFaceError, ProtectionCancelledError
 
 STEPS = 4
 INVERSION_STEPS = 2
@@ -44,7 +45,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def protector() -> Protector:
-    committed_entry("embedded-encoder", "the embedded profile's encoder")
+    committed_entry("digiface-dcgan-encoder", "the embedded profile's encoder")
     # CPU: the determinism checks compare outputs bit for bit
     return Protector("embedded", device="cpu", steps=STEPS, inversion_steps=INVERSION_STEPS)
 
@@ -297,7 +298,7 @@ def central_engine(engine: ProtectionEngine) -> ProtectionEngine:
     """The engine with a generator that optimises only the central cells; the rest stay REAL."""
     clone = copy.copy(engine)
     network = engine.generator.network  # type: ignore[attr-defined]
-    clone.generator = DigiFaceGenerator(network, optimised_cells=CENTRE_CELLS)
+    clone.generator = DCGANGenerator(network, optimised_cells=CENTRE_CELLS)
     return clone
 
 

@@ -18,9 +18,9 @@ import torch
 from committed import committed_entry
 from script_loader import load_script
 
-from faceanonymixer.engine import PreparedFace, ProtectionEngine, ProtectionResult, Subject
-from faceanonymixer.profiles import EMBEDDED_DIGIFACE, OptimisationConfig
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.engine.profiles import EMBEDDED_DIGIFACE, OptimisationConfig
+from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, ProtectionResult, Subject
+from faceanonymixer.engine.protection_key import ProtectionKey
 
 KEY = ProtectionKey(bytes(range(32)), key_id="a")
 STEPS = 8
@@ -38,7 +38,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def engine() -> ProtectionEngine:
-    committed_entry("embedded-encoder", "the embedded profile's encoder")
+    committed_entry("digiface-dcgan-encoder", "the embedded profile's encoder")
     return ProtectionEngine("embedded", device="cpu")
 
 

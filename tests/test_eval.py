@@ -200,7 +200,7 @@ def eval_command(*arguments: str | Path) -> Any:
     """``faceanonymixer eval`` in this process: argument errors come before any model loads."""
     from typer.testing import CliRunner
 
-    from faceanonymixer.cli import app
+    from faceanonymixer.cli.main import app
 
     return CliRunner().invoke(app, ["eval", *map(str, arguments)])
 

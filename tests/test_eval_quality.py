@@ -11,7 +11,6 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 from skimage.color import rgb2lab
 
-from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.evaluation.attributes import (
     POSE_LANDMARKS,
     POSE_TEMPLATE,
@@ -47,6 +46,7 @@ from faceanonymixer.evaluation.realism import (
     split_identities,
     tf_bilinear_resize,
 )
+from faceanonymixer.utils.errors import ModelFormatError
 
 RNG = np.random.default_rng(37)
 
@@ -334,7 +334,7 @@ def lfw_photo(faces_root: Path) -> Path:
 
 def test_a_real_face_is_read_and_the_reading_follows_a_mirror(lfw_photo: Path) -> None:
     from faceanonymixer.evaluation.attributes import FaceReader
-    from faceanonymixer.imageio import load_image
+    from faceanonymixer.faces.imageio import load_image
 
     reader = FaceReader()
     photo = load_image(lfw_photo)
@@ -358,8 +358,8 @@ def test_the_reconstruction_is_the_generators_own_rendering_of_the_photo(
     the same on every call."""
     import torch
 
-    from faceanonymixer.engine import ProtectionEngine, Subject
-    from faceanonymixer.protection_key import ProtectionKey
+    from faceanonymixer.engine.protection import ProtectionEngine, Subject
+    from faceanonymixer.engine.protection_key import ProtectionKey
 
     torch.set_num_threads(1)
     engine = ProtectionEngine("embedded")

@@ -20,18 +20,19 @@ import torch
 from test_ffhq_profile import registered, tiny_stack  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
-from faceanonymixer.cli import app as cli
-from faceanonymixer.engine import PreparedFace, ProtectionEngine, Subject
-from faceanonymixer.errors import ModelFormatError
-from faceanonymixer.model_zoo import MODELS_DIR_ENV
-from faceanonymixer.profiles import EMBEDDED
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.cli.main import app as cli
+from faceanonymixer.engine.onnx_passes import OnnxForwardPasses
+from faceanonymixer.engine.profiles import EMBEDDED
+from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, Subject
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.models.onnx.manifest import MANIFEST, read_manifest
+from faceanonymixer.models.onnx.runtime import OnnxExport, available_providers
+from faceanonymixer.models.zoo import MODELS_DIR_ENV
 from faceanonymixer.service.server import engine_factory
 from faceanonymixer.service.settings import ServiceSettings, SettingsError
+from faceanonymixer.utils.errors import ModelFormatError
 from faceanonymixer_export import onnx_export
-from faceanonymixer_export.manifest import MANIFEST, read_manifest
 from faceanonymixer_export.onnx_export import export_profile
-from faceanonymixer_export.runtime import OnnxExport, OnnxForwardPasses, available_providers
 
 #: exports and runs ONNX graphs of real and tiny models: slow, not in the quick loop
 pytestmark = pytest.mark.slow

@@ -21,15 +21,16 @@ from test_ir_se50 import TINY as IR_TINY
 from test_ir_se50 import random_state, reference_ir_se50_shapes
 from test_stylegan2 import randomise
 
-from faceanonymixer import generators, inverters, recognizers
-from faceanonymixer.engine import ProtectionEngine, Subject
-from faceanonymixer.model_zoo import MODELS_DIR_ENV, ModelMissingError
+from faceanonymixer.engine.profiles import FFHQ
+from faceanonymixer.engine.protection import ProtectionEngine, Subject
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.engine.protector import Protector
+from faceanonymixer.models import generators, inverters, recognizers
 from faceanonymixer.models.e4e import load_e4e
+from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.ir_se50 import load_arcface_recognizer
 from faceanonymixer.models.stylegan2 import StyleGAN2FaceGenerator, StyleGAN2Generator, load_stylegan2
-from faceanonymixer.profiles import FFHQ
-from faceanonymixer.protection_key import ProtectionKey
-from faceanonymixer.protector import Protector
+from faceanonymixer.models.zoo import MODELS_DIR_ENV, ModelMissingError
 
 SIZE, STYLE, ROWS = 64, 128, 10
 KEY = bytes(range(32))
@@ -56,19 +57,20 @@ def tiny_stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def registered(tiny_stack: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The ffhq profile's registry names, pointed at the tiny checkpoints for this test."""
     monkeypatch.setitem(
-        generators._REGISTRY,
+        generators.GENERATORS.factories,
         "stylegan2-ffhq",
         lambda: StyleGAN2FaceGenerator(load_stylegan2(tiny_stack["stylegan2"])),
     )
+    arcface = tiny_stack["ir_se50"]
     monkeypatch.setitem(
-        recognizers._REGISTRY, "arcface-ir-se50", lambda: load_arcface_recognizer(tiny_stack["ir_se50"])
+        recognizers.RECOGNIZERS.factories, "arcface-ir-se50", lambda: load_arcface_recognizer(arcface)
     )
 
-    def e4e(_: generators.Generator) -> torch.nn.Module:
+    def e4e(_: Generator) -> torch.nn.Module:
         encoder = load_e4e(tiny_stack["e4e"])
         return inverters.WPlusInverter(encoder, encoder.image_size)
 
-    monkeypatch.setitem(inverters._REGISTRY, "e4e-ffhq", e4e)
+    monkeypatch.setitem(inverters.INVERTERS.factories, "e4e-ffhq", e4e)
     yield
 
 

@@ -10,33 +10,28 @@ import pytest
 import torch
 from PIL import Image
 
-from faceanonymixer.alignment import FaceAligner, crop_to_template, similarity_to_template
-from faceanonymixer.datasets import list_identity_images
-from faceanonymixer.errors import ModelFormatError, NoFaceError
-from faceanonymixer.generators import (
+from faceanonymixer.faces.alignment import FaceAligner, crop_to_template, similarity_to_template
+from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.faces.imageio import load_image
+from faceanonymixer.models.dcgan import (
     CENTRE_CELLS,
     DIGIFACE_LANDMARKS,
-    STYLEGAN2_WPLUS_LAYOUT,
-    DigiFaceGenerator,
-    LatentLayout,
-    LatentRole,
-    available_generators,
-    load_generator,
-)
-from faceanonymixer.imageio import load_image
-from faceanonymixer.models.dcgan import (
     IMAGE_SIZE,
     Z_DIM,
+    DCGANGenerator,
     DigiFaceDCGAN,
     default_weights_path,
     load_digiface_dcgan,
 )
+from faceanonymixer.models.generator_base import STYLEGAN2_WPLUS_LAYOUT, LatentLayout, LatentRole
+from faceanonymixer.models.generators import GENERATORS, load_generator
 from faceanonymixer.models.latent_encoder import (
     LatentEncoder,
     file_sha256,
     load_latent_encoder,
     save_latent_encoder,
 )
+from faceanonymixer.utils.errors import ModelFormatError, NoFaceError
 
 KEY, OPT, REAL = LatentRole.KEY, LatentRole.OPTIMISED, LatentRole.REAL
 
@@ -51,8 +46,8 @@ def network() -> DigiFaceDCGAN:
 
 
 @pytest.fixture(scope="module")
-def generator(network: DigiFaceDCGAN) -> DigiFaceGenerator:
-    return DigiFaceGenerator(network)
+def generator(network: DigiFaceDCGAN) -> DCGANGenerator:
+    return DCGANGenerator(network)
 
 
 # ---- latent layouts --------------------------------------------------------------------------
@@ -166,7 +161,7 @@ def test_a_missing_weights_file_is_file_not_found(tmp_path: Path) -> None:
         load_digiface_dcgan(tmp_path / "nowhere.tar")
 
 
-def test_default_generator_layout_optimises_all_sixteen_cells(generator: DigiFaceGenerator) -> None:
+def test_default_generator_layout_optimises_all_sixteen_cells(generator: DCGANGenerator) -> None:
     layout = generator.layout
     assert layout.shape == (16, 512)
     assert layout.rows(OPT) == list(range(16))
@@ -179,7 +174,7 @@ def test_default_generator_layout_optimises_all_sixteen_cells(generator: DigiFac
 
 
 def test_centre_cells_take_their_own_key_blend(network: DigiFaceDCGAN) -> None:
-    generator = DigiFaceGenerator(network, key_blend=0.2, centre_key_blend=0.7)
+    generator = DCGANGenerator(network, key_blend=0.2, centre_key_blend=0.7)
     weights = generator.layout.key_blend_of(range(16))
     assert [cell for cell, weight in enumerate(weights) if weight == 0.7] == list(CENTRE_CELLS)
     assert [cell for cell, weight in enumerate(weights) if weight == 0.2] == [
@@ -190,13 +185,13 @@ def test_centre_cells_take_their_own_key_blend(network: DigiFaceDCGAN) -> None:
 
 
 def test_chosen_cells_are_optimised_and_the_rest_real(network: DigiFaceDCGAN) -> None:
-    generator = DigiFaceGenerator(network, optimised_cells=(5, 6, 9, 10), key_blend=0.0)
+    generator = DCGANGenerator(network, optimised_cells=(5, 6, 9, 10), key_blend=0.0)
     assert generator.layout.rows(OPT) == [5, 6, 9, 10]
     assert generator.layout.rows(REAL) == [c for c in range(16) if c not in (5, 6, 9, 10)]
     assert generator.layout.key_blend == 0.0
 
 
-def test_mapping_then_synthesis_is_the_plain_network(generator: DigiFaceGenerator) -> None:
+def test_mapping_then_synthesis_is_the_plain_network(generator: DCGANGenerator) -> None:
     z = torch.randn(5, Z_DIM, generator=torch.Generator().manual_seed(3))
     latent = generator.mapping(z)
     assert latent.shape == (5, 16, 512)
@@ -209,7 +204,7 @@ def test_mapping_then_synthesis_is_the_plain_network(generator: DigiFaceGenerato
     assert bool((images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3)) > 1.0).all())
 
 
-def test_latent_rows_are_the_first_feature_map_cells(generator: DigiFaceGenerator) -> None:
+def test_latent_rows_are_the_first_feature_map_cells(generator: DCGANGenerator) -> None:
     z = torch.randn(2, Z_DIM, generator=torch.Generator().manual_seed(4))
     features = generator.network.main[:3](z.reshape(2, Z_DIM, 1, 1))
     latent = generator.mapping(z)
@@ -218,21 +213,21 @@ def test_latent_rows_are_the_first_feature_map_cells(generator: DigiFaceGenerato
     torch.testing.assert_close(latent[:, 4 * 3 + 0], features[:, :, 3, 0])
 
 
-def test_synthesis_is_differentiable_in_the_latent(generator: DigiFaceGenerator) -> None:
+def test_synthesis_is_differentiable_in_the_latent(generator: DCGANGenerator) -> None:
     latent = generator.mapping(torch.randn(1, Z_DIM, generator=torch.Generator().manual_seed(5)))
     latent = latent.clone().requires_grad_(True)
     generator.synthesize(latent).sum().backward()
     assert latent.grad is not None and float(latent.grad.abs().sum()) > 0
 
 
-def test_blend_is_linear_between_real_and_key(generator: DigiFaceGenerator) -> None:
+def test_blend_is_linear_between_real_and_key(generator: DCGANGenerator) -> None:
     real, key = torch.zeros(1, 16, 512), torch.ones(1, 16, 512)
     torch.testing.assert_close(generator.blend(real, key, 0.0), real)
     torch.testing.assert_close(generator.blend(real, key, 1.0), key)
     torch.testing.assert_close(generator.blend(real, key, 0.25), torch.full((1, 16, 512), 0.25))
 
 
-def test_blend_takes_one_weight_per_row(generator: DigiFaceGenerator) -> None:
+def test_blend_takes_one_weight_per_row(generator: DCGANGenerator) -> None:
     real, key = torch.zeros(2, 16, 512), torch.ones(2, 16, 512)
     weights = [0.1 * (cell % 4) for cell in range(16)]
     blended = generator.blend(real, key, weights)
@@ -243,9 +238,9 @@ def test_blend_takes_one_weight_per_row(generator: DigiFaceGenerator) -> None:
 
 
 def test_load_generator_by_name() -> None:
-    assert "digiface-dcgan" in available_generators()
+    assert "digiface-dcgan" in GENERATORS.names()
     loaded = load_generator("digiface-dcgan")
-    assert isinstance(loaded, DigiFaceGenerator)
+    assert isinstance(loaded, DCGANGenerator)
     assert not loaded.training and all(not p.requires_grad for p in loaded.parameters())
     with pytest.raises(ValueError, match="unknown generator"):
         load_generator("no-such-generator")
@@ -256,7 +251,7 @@ def _to_256(sample: torch.Tensor) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((256, 256), Image.Resampling.BICUBIC))
 
 
-def test_landmark_template_matches_dlib_on_generated_faces(generator: DigiFaceGenerator) -> None:
+def test_landmark_template_matches_dlib_on_generated_faces(generator: DCGANGenerator) -> None:
     """Re-measure DIGIFACE_LANDMARKS: dlib's five points on seeded samples, upscaled 4x."""
     z = torch.randn(32, Z_DIM, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

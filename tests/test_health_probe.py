@@ -31,7 +31,7 @@ from grpc_health.v1.health import HealthServicer
 from service_harness import ServerProcess
 from typer.testing import CliRunner
 
-from faceanonymixer.cli_health import EXIT_NOT_SERVING, EXIT_SERVING, EXIT_UNREACHABLE, health, probe
+from faceanonymixer.cli.health import EXIT_NOT_SERVING, EXIT_SERVING, EXIT_UNREACHABLE, health, probe
 
 Status = health_pb2.HealthCheckResponse
 PROTECTION_SERVICE = "faceanonymixer.v1.ProtectionService"

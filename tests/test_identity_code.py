@@ -11,18 +11,18 @@ import torch
 from committed import committed_entry
 from typer.testing import CliRunner
 
-from faceanonymixer.cli import app
-from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
-from faceanonymixer.identity_code import (
+from faceanonymixer.cli.main import app
+from faceanonymixer.engine.identity_target import synthetic_code
+from faceanonymixer.engine.profiles import get_profile
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.models.identity_code import (
     IdentityCodeMap,
-    fit_identity_code_map,
     load_identity_code_map,
     save_identity_code_map,
 )
-from faceanonymixer.identity_target import synthetic_code
-from faceanonymixer.profiles import get_profile
-from faceanonymixer.protection_key import ProtectionKey
-from faceanonymixer.weights import committed_weights
+from faceanonymixer.models.weights import committed_weights
+from faceanonymixer.training.identity_code import fit_identity_code_map
+from faceanonymixer.utils.errors import FaceAnonyMixerError, ModelFormatError
 
 runner = CliRunner()
 KEY = ProtectionKey(bytes(range(32)))

@@ -11,16 +11,11 @@ import torch
 from committed import committed_entry
 from typer.testing import CliRunner
 
-from faceanonymixer.cli import app
-from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
-from faceanonymixer.identity_stats import (
-    IdentityBasis,
-    identity_basis,
-    identity_mean,
-    load_identity_basis,
-    save_identity_basis,
-)
-from faceanonymixer.profiles import get_profile
+from faceanonymixer.cli.main import app
+from faceanonymixer.engine.profiles import get_profile
+from faceanonymixer.models.identity_stats import IdentityBasis, load_identity_basis, save_identity_basis
+from faceanonymixer.training.identity_stats import identity_basis, identity_mean
+from faceanonymixer.utils.errors import FaceAnonyMixerError, ModelFormatError
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceanonymixer.errors import InvalidImageError
-from faceanonymixer.imageio import ImageLimits, decode_image_bytes, load_image
+from faceanonymixer.faces.imageio import ImageLimits, decode_image_bytes, load_image
+from faceanonymixer.utils.errors import InvalidImageError
 
 
 def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:

@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.models.base import Recognizer
 from faceanonymixer.models.ir_se50 import (
     ARCFACE_MATCH_THRESHOLD,
@@ -27,7 +26,8 @@ from faceanonymixer.models.ir_se50 import (
     load_arcface_recognizer,
     load_ir_se50,
 )
-from faceanonymixer.weights import file_sha256
+from faceanonymixer.models.weights import file_sha256
+from faceanonymixer.utils.errors import ModelFormatError
 
 Shapes = dict[str, tuple[int, ...]]
 

@@ -22,7 +22,7 @@ from faceanonymixer.evaluation.judges import (
     prewhiten,
     threshold_at_fmr,
 )
-from faceanonymixer.imageio import load_image
+from faceanonymixer.faces.imageio import load_image
 
 #: (identity label, photo under the faces root): three people with two photos each, plus one more
 PHOTOS = (

@@ -26,7 +26,13 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from faceanonymixer.errors import (
+from faceanonymixer.keystore import AuditEvent, KeyEncryptionKey, KeyRecord, KeyStore
+from faceanonymixer.keystore import key_ids as key_ids_module
+from faceanonymixer.keystore.integrity import KeyIntegrityError
+from faceanonymixer.keystore.kek import KeyRing
+from faceanonymixer.keystore.key_ids import KeyIds
+from faceanonymixer.keystore.schema import VERSION_TABLE, metadata
+from faceanonymixer.utils.errors import (
     InvalidRequestError,
     KeyAccessDeniedError,
     KeyNotFoundError,
@@ -34,12 +40,6 @@ from faceanonymixer.errors import (
     KeyStoreError,
     WrongKeyEncryptionKeyError,
 )
-from faceanonymixer.keystore import AuditEvent, KeyEncryptionKey, KeyRecord, KeyStore
-from faceanonymixer.keystore import key_ids as key_ids_module
-from faceanonymixer.keystore.integrity import KeyIntegrityError
-from faceanonymixer.keystore.kek import KeyRing
-from faceanonymixer.keystore.key_ids import KeyIds
-from faceanonymixer.keystore.schema import VERSION_TABLE, metadata
 
 KEK_BYTES = bytes(range(32))
 ACTOR = "tests"
@@ -728,7 +728,7 @@ def test_a_keyring_reads_a_store_rotated_by_another_process(backend: Backend, ke
 def test_the_cli_rotates_the_kek(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from faceanonymixer.cli import app
+    from faceanonymixer.cli.main import app
 
     old_file, new_file = tmp_path / "old.bin", tmp_path / "new.bin"
     for path in (old_file, new_file):
@@ -761,7 +761,7 @@ def test_key_commands_give_errors_as_json_with_json(tmp_path: Path, kek_file: Pa
 
     from typer.testing import CliRunner
 
-    from faceanonymixer.cli import app
+    from faceanonymixer.cli.main import app
 
     env = {"FACEANONYMIXER_KEK_FILE": str(kek_file)}
     url = f"sqlite:///{tmp_path / 'keys.db'}"
@@ -777,8 +777,8 @@ def test_key_commands_give_errors_as_json_with_json(tmp_path: Path, kek_file: Pa
 
 
 def test_keys_record_their_profile_revision(store: KeyStore) -> None:
-    from faceanonymixer.errors import ProfileMismatchError
-    from faceanonymixer.profiles import get_profile, profile_revision
+    from faceanonymixer.engine.profiles import get_profile, profile_revision
+    from faceanonymixer.utils.errors import ProfileMismatchError
 
     owner = tenant()
     record = create(store, owner)

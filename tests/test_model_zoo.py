@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from faceanonymixer import model_zoo, weights
-from faceanonymixer.cli import app
-from faceanonymixer.model_zoo import (
+from faceanonymixer.cli.main import app
+from faceanonymixer.models import weights
+from faceanonymixer.models import zoo as model_zoo
+from faceanonymixer.models.zoo import (
     DownloadOptions,
     ModelDownloadError,
     ModelIntegrityError,
@@ -554,18 +555,19 @@ def test_cli_verify_without_names_checks_committed_weights_and_tolerates_unpulle
     committed = tmp_path / "committed.pt"
     committed.write_bytes(PAYLOAD)  # a stand-in: the real weights may be being retrained meanwhile
     stand_in = SimpleNamespace(path=committed, sha256=DIGEST)
-    monkeypatch.setattr(weights, "committed_weights", lambda: {"embedded-encoder": stand_in})
+    monkeypatch.setattr(weights, "committed_weights", lambda: {"digiface-dcgan-encoder": stand_in})
 
     result = _cli("verify", "--manifest", str(manifest), "--models-dir", str(models_dir), "--json")
 
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
     assert results["m"]["status"] == "missing" and results["m"]["required"] is False
-    assert results["embedded-encoder"]["ok"] is True and results["embedded-encoder"]["kind"] == "committed"
+    encoder = results["digiface-dcgan-encoder"]
+    assert encoder["ok"] is True and encoder["kind"] == "committed"
     with_profile = _cli(
         "verify", "--profile", "test", "--manifest", str(manifest), "--models-dir", str(models_dir)
     )
-    assert with_profile.exit_code == 1 and "embedded-encoder" not in with_profile.stdout
+    assert with_profile.exit_code == 1 and "digiface-dcgan-encoder" not in with_profile.stdout
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path: Path, site: Site, models_dir: Path) -> None:

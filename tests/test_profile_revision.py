@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from faceanonymixer import profiles
-from faceanonymixer.profiles import (
+from faceanonymixer.engine import profiles
+from faceanonymixer.engine.profiles import (
     EMBEDDED,
     FFHQ,
     PROFILES,
@@ -37,7 +37,7 @@ def test_settings_and_weights_change_the_revision() -> None:
 
 
 def test_a_new_weight_file_changes_the_revision(monkeypatch: pytest.MonkeyPatch) -> None:
-    from faceanonymixer import weights
+    from faceanonymixer.models import weights
 
     base = profile_revision(EMBEDDED)
     committed = weights.committed_weights()

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import faceanonymixer.protector as protector_module
-from faceanonymixer.cli import app
-from faceanonymixer.engine import ProtectionEngine
-from faceanonymixer.imageio import load_image, write_png_atomic
-from faceanonymixer.profiles import EMBEDDED
+import faceanonymixer.engine.protector as protector_module
+from faceanonymixer.cli.main import app
+from faceanonymixer.engine.profiles import EMBEDDED
+from faceanonymixer.engine.protection import ProtectionEngine
+from faceanonymixer.faces.imageio import load_image, write_png_atomic
 
 runner = CliRunner()
 KEY = bytes(range(7, 39))
@@ -140,7 +140,7 @@ def test_progress_is_drawn_on_a_terminal_only(
     terminal: bool,
 ) -> None:
     # the runner's stderr is never a terminal: stand in for show_progress's isatty()
-    monkeypatch.setattr("faceanonymixer.cli.show_progress", lambda as_json: terminal and not as_json)
+    monkeypatch.setattr("faceanonymixer.cli.main.show_progress", lambda as_json: terminal and not as_json)
     result = protect(*photos, "--key-file", key_file, "--out", tmp_path, "--steps", "3")
     assert result.exit_code == 0, result.output
     if terminal:  # a bar of the photos as they are aligned, then one of the steps
@@ -153,7 +153,7 @@ def test_progress_is_drawn_on_a_terminal_only(
 
 
 def test_show_progress_asks_whether_stderr_is_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    from faceanonymixer import cli_common
+    from faceanonymixer.cli import common as cli_common
 
     class Stream:
         def __init__(self, tty: bool) -> None:
@@ -392,8 +392,12 @@ def test_a_stored_key_protects_under_the_revision_it_was_made_for(
     kek_file: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from faceanonymixer.engine.profiles import (
+        EMBEDDED_LFW_STATS,
+        profile_revision,
+        with_optimisation_overrides,
+    )
     from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
-    from faceanonymixer.profiles import EMBEDDED_LFW_STATS, profile_revision, with_optimisation_overrides
 
     monkeypatch.setenv("FACEANONYMIXER_KEK_FILE", str(kek_file))
     url = f"sqlite:///{tmp_path / 'keys.db'}"
@@ -424,7 +428,7 @@ def test_a_stored_key_protects_under_the_revision_it_was_made_for(
 def test_a_key_file_takes_a_revision_of_this_version(
     engines: list[ProtectionEngine], photos: list[Path], key_file: Path, tmp_path: Path
 ) -> None:
-    from faceanonymixer.profiles import EMBEDDED_LFW_STATS, profile_revision
+    from faceanonymixer.engine.profiles import EMBEDDED_LFW_STATS, profile_revision
 
     archived = profile_revision(EMBEDDED_LFW_STATS)
     arguments = ["--revision", archived, "--out", tmp_path, "--steps", "1", "--json"]

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from faceanonymixer.errors import InvalidKeyError
-from faceanonymixer.identity_target import (
+from faceanonymixer.engine.identity_target import (
     LATENT_PURPOSE,
     TARGET_PURPOSE,
     key_target_map,
     synthetic_code,
     target_identity,
 )
-from faceanonymixer.protection_key import KEY_BYTES, ProtectionKey, as_key, derive_seed, key_generator
+from faceanonymixer.engine.protection_key import KEY_BYTES, ProtectionKey, as_key, derive_seed, key_generator
+from faceanonymixer.utils.errors import InvalidKeyError
 
 KEY_A = bytes(range(32))
 KEY_B = bytes.fromhex("f0e1d2c3b4a5968778695a4b3c2d1e0f" * 2)

@@ -36,17 +36,17 @@ from grpc_status import rpc_status
 from PIL import Image
 from service_harness import FAST_OPTIMISATION, write_config
 
-from faceanonymixer.engine import ProtectionEngine
-from faceanonymixer.errors import NoFaceError
-from faceanonymixer.imageio import decode_image_bytes
-from faceanonymixer.profiles import get_profile
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.engine.profiles import get_profile
+from faceanonymixer.engine.protection import ProtectionEngine
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.faces.imageio import decode_image_bytes
 from faceanonymixer.scaleout.batching import SubjectWork, protect_subjects
 from faceanonymixer.scaleout.grpc_context import REPLICA_METADATA_KEY, CallAbortedError, ServeCallContext
 from faceanonymixer.scaleout.ray_serve import BatchOptions, RayServeOptions, build_app, replica_settings
 from faceanonymixer.service.protection import OutputOptions, ProtectedPhoto, protect_photos
 from faceanonymixer.service.settings import SettingsError
 from faceanonymixer.service.status import Reason, abort, rich_status
+from faceanonymixer.utils.errors import NoFaceError
 from faceanonymixer_client import (
     InvalidImageError,
     KeyRevokedError,

@@ -39,10 +39,10 @@ from service_harness import (
 )
 from typer.testing import CliRunner
 
-from faceanonymixer.cli import app
+from faceanonymixer.cli.main import app
+from faceanonymixer.engine.profiles import get_profile
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.keystore.schema import keys as keys_table
-from faceanonymixer.profiles import get_profile
 from faceanonymixer_client.errors import error_from_status
 from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2
 

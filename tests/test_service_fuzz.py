@@ -32,10 +32,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from service_harness import ServerProcess, bearer, health_status, stubs
 
-from faceanonymixer.imageio import ALLOWED_FORMATS, DEFAULT_LIMITS
+from faceanonymixer.engine.profiles import PROFILES
+from faceanonymixer.faces.imageio import ALLOWED_FORMATS, DEFAULT_LIMITS
 from faceanonymixer.keystore import KeyEncryptionKey
 from faceanonymixer.keystore.key_ids import KeyIds
-from faceanonymixer.profiles import PROFILES
 from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
 #: fuzzes a real server: slow, not in the quick loop

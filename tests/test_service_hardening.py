@@ -31,13 +31,13 @@ import sqlalchemy as sa
 from PIL import Image
 from service_harness import FAST_OPTIMISATION, ServerProcess, error_reason, stubs
 
-from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
-from faceanonymixer.profiles import (
+from faceanonymixer.engine.profiles import (
     get_profile,
     profile_revision,
     served_profiles,
     with_optimisation_overrides,
 )
+from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer_client.errors import error_from_rpc
 from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 

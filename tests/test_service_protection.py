@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceanonymixer.alignment import AlignedFace, FaceBox
-from faceanonymixer.engine import PreparedFace
-from faceanonymixer.errors import NoFaceError, ProtectionCancelledError
-from faceanonymixer.imageio import DEFAULT_LIMITS, load_image
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.engine.protection import PreparedFace
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.faces.alignment import AlignedFace, FaceBox
+from faceanonymixer.faces.imageio import DEFAULT_LIMITS, load_image
 from faceanonymixer.service.protection import OutputOptions, ProtectedPhoto, protect_photos, reply_bound
+from faceanonymixer.utils.errors import NoFaceError, ProtectionCancelledError
 
 KEY = ProtectionKey(bytes(32), version=1, key_id="fk_test")
 
@@ -128,7 +128,7 @@ def test_the_stop_check_runs_between_photos() -> None:
 
 
 def test_a_revoked_key_stops_the_work_before_any_photo() -> None:
-    from faceanonymixer.errors import KeyRevokedError
+    from faceanonymixer.utils.errors import KeyRevokedError
 
     engine = StandInEngine()
 

@@ -19,13 +19,13 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from faceanonymixer.errors import ProtectionCancelledError
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.service import server as server_module
 from faceanonymixer.service.auth import Authenticator
 from faceanonymixer.service.settings import ServiceSettings, SettingsError
 from faceanonymixer.service.status import Reason, ServiceError
 from faceanonymixer.service.workers import Cost, DeadlineExceededError, EnginePool, Measure
+from faceanonymixer.utils.errors import ProtectionCancelledError
 
 
 def reason_of(error: ServiceError) -> str:

@@ -14,8 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from faceanonymixer.errors import ModelFormatError
-from faceanonymixer.generators import STYLEGAN2_WPLUS_LAYOUT, LatentRole
+from faceanonymixer.models.generator_base import STYLEGAN2_WPLUS_LAYOUT, LatentRole
 from faceanonymixer.models.stylegan2 import (
     KEY_TRUNCATION,
     ModulatedConv2d,
@@ -27,6 +26,7 @@ from faceanonymixer.models.stylegan2 import (
     rosinality_channels,
 )
 from faceanonymixer.models.stylegan2_ops import fused_leaky_relu, make_kernel, upfirdn2d
+from faceanonymixer.utils.errors import ModelFormatError
 
 F64 = torch.float64
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}

@@ -29,8 +29,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from faceanonymixer.cli.tensorrt import tensorrt_command
+from faceanonymixer.models.onnx.manifest import MANIFEST, Manifest, ModelEntry, TensorSpec
 from faceanonymixer_export import tensorrt_build, tensorrt_runtime
-from faceanonymixer_export.manifest import MANIFEST, Manifest, ModelEntry, TensorSpec
 from faceanonymixer_export.tensorrt_build import (
     BatchRange,
     Precision,
@@ -42,7 +43,6 @@ from faceanonymixer_export.tensorrt_build import (
     read_manifest,
     resolve_precision,
 )
-from faceanonymixer_export.tensorrt_cli import tensorrt_command
 from faceanonymixer_export.tensorrt_common import (
     EXIT_UNAVAILABLE,
     GpuIdentity,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from faceanonymixer import threads
-from faceanonymixer.threads import ThreadsSettingError, threads_for_call, threads_setting, torch_threads
+from faceanonymixer.utils import threads
+from faceanonymixer.utils.threads import ThreadsSettingError, threads_for_call, threads_setting, torch_threads
 
 
 @pytest.fixture

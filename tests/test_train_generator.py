@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from faceanonymixer.errors import FaceAnonyMixerError, ModelFormatError
 from faceanonymixer.models.dcgan import DigiFaceDCGAN, load_digiface_dcgan, save_dcgan
 from faceanonymixer.models.latent_encoder import LatentEncoder
 from faceanonymixer.training import generator as training
@@ -20,6 +19,7 @@ from faceanonymixer.training.generator import (
     train_generator,
     write_training_record,
 )
+from faceanonymixer.utils.errors import FaceAnonyMixerError, ModelFormatError
 
 CONFIG = GeneratorTraining(steps=4, batch_size=2, r1_every=2, checkpoint_every=1)
 
@@ -121,7 +121,7 @@ def test_aligned_faces_are_cached_with_their_photos(tmp_path: Path, monkeypatch:
 
 
 def test_training_photos_take_an_equal_spread_share_of_each_folder(tmp_path: Path) -> None:
-    from faceanonymixer.datasets import training_photos
+    from faceanonymixer.faces.datasets import training_photos
 
     for name, count in (("small", 3), ("large", 10)):
         for index in range(count):

@@ -2,8 +2,8 @@
 
 * :mod:`~faceanonymixer_export.onnx_export`: ``export_profile`` writes a profile's recognizer,
   encoder and generator (synthesis, mapping) as ONNX graphs with a dynamic batch axis, and
-  ``manifest.json`` (:mod:`~faceanonymixer_export.manifest`) describing them;
-* :mod:`~faceanonymixer_export.runtime`: onnxruntime sessions over such a folder, called like the
+  ``manifest.json`` (:mod:`~faceanonymixer.models.onnx.manifest`) describing them;
+* :mod:`~faceanonymixer.models.onnx.runtime`: onnxruntime sessions over such a folder, called like the
   PyTorch modules (``ProtectionEngine(runtime="onnx", onnx_dir=...)`` uses them).
 
 Needs the ``[export]`` extra (onnx, onnxscript, onnxruntime). Nothing is imported here, so that

@@ -26,14 +26,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from faceanonymixer.errors import ModelFormatError
-from faceanonymixer.generators import Generator, load_generator
-from faceanonymixer.inverters import load_inverter
-from faceanonymixer.outputs import prepare_out_dir, write_atomic
-from faceanonymixer.profiles import Profile, get_profile
-from faceanonymixer.recognizers import load_recognizer
-from faceanonymixer_export.fingerprint import module_fingerprint
-from faceanonymixer_export.manifest import (
+from faceanonymixer.engine.profiles import Profile, get_profile
+from faceanonymixer.models.generator_base import Generator
+from faceanonymixer.models.generators import load_generator
+from faceanonymixer.models.inverters import load_inverter
+from faceanonymixer.models.onnx.fingerprint import module_fingerprint
+from faceanonymixer.models.onnx.manifest import (
     MANIFEST,
     Exporter,
     Manifest,
@@ -41,6 +39,9 @@ from faceanonymixer_export.manifest import (
     Role,
     TensorSpec,
 )
+from faceanonymixer.models.recognizers import load_recognizer
+from faceanonymixer.utils.errors import ModelFormatError
+from faceanonymixer.utils.files import prepare_out_dir, write_atomic
 
 #: widely supported (TensorRT 8.6+, onnxruntime 1.14+) and has Resize with antialias (e4e's input)
 OPSET = 18
@@ -90,7 +91,7 @@ def profile_targets(profile: Profile) -> list[ExportTarget]:
     """Load the profile's models on the CPU (a zoo model not pulled raises ModelMissingError)."""
     generator = load_generator(profile.generator, device="cpu")
     recognizer = load_recognizer(profile.recognizer, device="cpu").eval().requires_grad_(False)
-    inverter = load_inverter(profile.encoder, generator, device="cpu")
+    inverter = load_inverter(profile.inverter, generator, device="cpu")
     ffhq = profile.alignment == "ffhq"
     side, (rows, cols) = generator.image_size, recognizer.input_size
     chip = (
@@ -121,7 +122,7 @@ def profile_targets(profile: Profile) -> list[ExportTarget]:
             },
         ),
         ExportTarget(
-            profile.encoder,
+            profile.inverter,
             "encoder",
             inverter,
             torch.rand(1, 3, side, side, generator=seeded) * 2.0 - 1.0,

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from faceanonymixer.errors import ModelFormatError
-from faceanonymixer_export import manifest as onnx_manifest
+from faceanonymixer.models.onnx import manifest as onnx_manifest
+from faceanonymixer.utils.errors import ModelFormatError
 from faceanonymixer_export.tensorrt_common import (
     GpuIdentity,
     Precision,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 #: the oldest TensorRT whose Python API this code uses (name-based I/O tensors, execute_async_v3)
 MIN_TENSORRT_MAJOR = 10

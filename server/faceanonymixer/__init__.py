@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 from faceanonymixer._version import __version__
 
 if TYPE_CHECKING:
-    from faceanonymixer.alignment import AlignedFace, FaceAligner
-    from faceanonymixer.engine import ProtectionResult
-    from faceanonymixer.protection_key import ProtectionKey
-    from faceanonymixer.protector import Protector
-    from faceanonymixer.recognizers import Recognizer, load_recognizer
+    from faceanonymixer.engine.protection import ProtectionResult
+    from faceanonymixer.engine.protection_key import ProtectionKey
+    from faceanonymixer.engine.protector import Protector
+    from faceanonymixer.faces.alignment import AlignedFace, FaceAligner
+    from faceanonymixer.models.recognizers import Recognizer, load_recognizer
 
 __all__ = [
     "AlignedFace",
@@ -29,13 +29,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "FaceAligner": "faceanonymixer.alignment",
-    "AlignedFace": "faceanonymixer.alignment",
-    "load_recognizer": "faceanonymixer.recognizers",
-    "Recognizer": "faceanonymixer.recognizers",
-    "Protector": "faceanonymixer.protector",
-    "ProtectionResult": "faceanonymixer.engine",
-    "ProtectionKey": "faceanonymixer.protection_key",
+    "FaceAligner": "faceanonymixer.faces.alignment",
+    "AlignedFace": "faceanonymixer.faces.alignment",
+    "load_recognizer": "faceanonymixer.models.recognizers",
+    "Recognizer": "faceanonymixer.models.recognizers",
+    "Protector": "faceanonymixer.engine.protector",
+    "ProtectionResult": "faceanonymixer.engine.protection",
+    "ProtectionKey": "faceanonymixer.engine.protection_key",
 }
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from faceanonymixer.evaluation.labels import AGE_GROUPS, GENDERS, PhotoLabels
-from faceanonymixer.weights import load_tagged_arrays, save_tagged_arrays, weights_entry
+from faceanonymixer.models.weights import load_tagged_arrays, save_tagged_arrays, weights_entry
 
 CLASSIFIERS_WEIGHTS_NAME = "facenet-attribute-classifiers"
 _CLASSIFIERS_FORMAT = "faceanonymixer/attribute-classifiers/v1"
@@ -182,8 +182,8 @@ class FaceReader:
         import dlib
         import face_recognition_models
 
-        from faceanonymixer.alignment import FaceAligner
         from faceanonymixer.evaluation.judges import facenet_graph_path
+        from faceanonymixer.faces.alignment import FaceAligner
 
         self._aligner = FaceAligner()
         self._predictor: Any = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())

@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from faceanonymixer.datasets import list_identity_images
+from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.evaluation.labels import PhotoLabels, label_photo
-from faceanonymixer.protection_key import ProtectionKey
-from faceanonymixer.threads import threads_setting, usable_cores
+from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.utils.threads import threads_setting, usable_cores
 
 #: protected settings: own key A, second key B (cross-key), one key S shared by all identities
 KEYS = ("A", "B", "S")
@@ -163,9 +163,9 @@ _THREADS: tuple[int, int] = (0, 1)
 
 def _start_worker(profile: str, overrides: dict[str, Any], threads: tuple[int, int]) -> None:
     global _ENGINE, _THREADS
-    from faceanonymixer.engine import ProtectionEngine
-    from faceanonymixer.profiles import get_profile
-    from faceanonymixer.recognizers import default_device
+    from faceanonymixer.engine.profiles import get_profile
+    from faceanonymixer.engine.protection import ProtectionEngine
+    from faceanonymixer.utils.devices import default_device
 
     _THREADS = threads
     chosen = get_profile(profile)
@@ -200,7 +200,7 @@ class _Done:
 def _protect(task: _Task) -> _Done:
     """Prepare (decode, align) a batch of photos once, then protect it in every setting, each photo
     its own subject."""
-    from faceanonymixer.threads import torch_threads
+    from faceanonymixer.utils.threads import torch_threads
 
     setting, share = _THREADS
     with torch_threads(setting, share=share):
@@ -208,8 +208,8 @@ def _protect(task: _Task) -> _Done:
 
 
 def _protect_batch(task: _Task) -> _Done:
-    from faceanonymixer.engine import Subject
-    from faceanonymixer.errors import FaceAnonyMixerError
+    from faceanonymixer.engine.protection import Subject
+    from faceanonymixer.utils.errors import FaceAnonyMixerError
 
     engine = _ENGINE
     prepared, failures = [], {}

@@ -69,7 +69,7 @@ from faceanonymixer.evaluation.quality import (
     realism_for,
     realism_split,
 )
-from faceanonymixer.outputs import write_atomic
+from faceanonymixer.utils.files import write_atomic
 
 SCHEMA = 2
 #: rows of the example grid
@@ -212,7 +212,7 @@ def _progress_bar(total: int, label: str, shown: bool) -> Iterator[Callable[[int
 
 
 def _attributes(run: ProtectionRun, skipped: list[dict[str, str]], progress: bool) -> AttributeData | None:
-    from faceanonymixer.errors import ModelFormatError
+    from faceanonymixer.utils.errors import ModelFormatError
 
     try:
         with _progress_bar(len(run.photos) * 3, "attributes", progress) as advance:
@@ -381,7 +381,7 @@ def _dataset(config: EvalConfig, run: ProtectionRun) -> dict[str, Any]:
 
 
 def _settings(config: EvalConfig, run: ProtectionRun) -> dict[str, Any]:
-    from faceanonymixer.profiles import get_profile
+    from faceanonymixer.engine.profiles import get_profile
 
     optimisation = get_profile(config.profile).optimisation.with_overrides(**config.optimisation)
     return {

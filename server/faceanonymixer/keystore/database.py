@@ -25,8 +25,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, Connection, make_url
 
-from faceanonymixer.errors import KeyStoreError
 from faceanonymixer.keystore.schema import VERSION_TABLE
+from faceanonymixer.utils.errors import KeyStoreError
 
 log = logging.getLogger("faceanonymixer.keystore")
 

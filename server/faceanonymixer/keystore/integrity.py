@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.engine import RowMapping
 
-from faceanonymixer.errors import KeyStoreError
+from faceanonymixer.utils.errors import KeyStoreError
 
 _PREFIX = b"faceanonymixer/v1|integrity|"
 ROW_FIELDS = (

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from faceanonymixer.errors import KeyStoreError
+from faceanonymixer.utils.errors import KeyStoreError
 
 log = logging.getLogger("faceanonymixer.keystore")
 

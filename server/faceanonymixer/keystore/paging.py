@@ -12,9 +12,9 @@ import binascii
 import hashlib
 import json
 
-from faceanonymixer.errors import InvalidRequestError
 from faceanonymixer.keystore import key_ids
 from faceanonymixer.keystore.audit import canonical_json
+from faceanonymixer.utils.errors import InvalidRequestError
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

@@ -24,16 +24,6 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy import Engine, exc, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from faceanonymixer.errors import (
-    FaceAnonyMixerError,
-    InvalidRequestError,
-    KeyAccessDeniedError,
-    KeyNotFoundError,
-    KeyRevokedError,
-    KeyStoreError,
-    ProfileMismatchError,
-    WrongKeyEncryptionKeyError,
-)
 from faceanonymixer.keystore import audit, database, paging
 from faceanonymixer.keystore.audit import AuditEvent
 from faceanonymixer.keystore.integrity import IntegrityKeys, KeyIntegrityError
@@ -59,9 +49,19 @@ from faceanonymixer.keystore.schema import (
     store_meta,
 )
 from faceanonymixer.keystore.verify import IntegrityReport, verify_store
+from faceanonymixer.utils.errors import (
+    FaceAnonyMixerError,
+    InvalidRequestError,
+    KeyAccessDeniedError,
+    KeyNotFoundError,
+    KeyRevokedError,
+    KeyStoreError,
+    ProfileMismatchError,
+    WrongKeyEncryptionKeyError,
+)
 
 if TYPE_CHECKING:
-    from faceanonymixer.protection_key import ProtectionKey
+    from faceanonymixer.engine.protection_key import ProtectionKey
 
 MATERIAL_BYTES = 32
 INTEGRITY_KEY_BYTES = 32
@@ -388,7 +388,7 @@ class KeyStore:
         to another profile than ``profile`` (the caller's; None: any), or made under a revision
         not in ``revisions`` (the caller's served revisions; None: any), raises
         ``ProfileMismatchError``."""
-        from faceanonymixer.protection_key import ProtectionKey
+        from faceanonymixer.engine.protection_key import ProtectionKey
 
         tenant = _text(tenant, "tenant")
         self._check_id(tenant, key_id)
@@ -657,7 +657,7 @@ class KeyStore:
 
 
 def _default_revision(profile_id: str) -> str:
-    from faceanonymixer.profiles import PROFILES, profile_revision
+    from faceanonymixer.engine.profiles import PROFILES, profile_revision
 
     profile = PROFILES.get(profile_id)
     if profile is None:

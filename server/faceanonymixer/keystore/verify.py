@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 
-from faceanonymixer.errors import KeyStoreError
 from faceanonymixer.keystore import audit
 from faceanonymixer.keystore.integrity import IntegrityKeys
 from faceanonymixer.keystore.kek import KeyRing
@@ -36,6 +35,7 @@ from faceanonymixer.keystore.schema import (
     audit_head,
     keys,
 )
+from faceanonymixer.utils.errors import KeyStoreError
 
 #: more problems than this are counted, not listed
 MAX_PROBLEMS = 1000

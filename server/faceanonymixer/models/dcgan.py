@@ -7,15 +7,18 @@ package (it needs torchvision, which we do not depend on).
 
 from __future__ import annotations
 
+import math
 import pickle
 from importlib.util import find_spec
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from faceanonymixer.errors import ModelFormatError
-from faceanonymixer.weights import check_sha256, file_sha256
+from faceanonymixer.models.generator_base import Generator, LatentLayout, LatentRole
+from faceanonymixer.models.weights import check_sha256, file_sha256
+from faceanonymixer.utils.errors import ModelFormatError
 
 Z_DIM = 100
 IMAGE_SIZE = 64
@@ -78,3 +81,64 @@ def save_dcgan(model: DigiFaceDCGAN, path: str | Path) -> str:
     """Write ``model`` in the package's checkpoint format (``netG_state_dict``); returns the SHA-256."""
     torch.save({"netG_state_dict": model.state_dict()}, path)
     return file_sha256(path)
+
+
+#: dlib's five landmarks on DigiFace DCGAN samples: the mean over 56 of 64 seeded samples in which
+#: dlib's detector found a face (per-point spread 1.4 px); tests/test_generators.py re-measures it.
+DIGIFACE_LANDMARKS = np.array(
+    [[45.17, 29.50], [37.31, 29.78], [18.18, 29.13], [25.85, 29.58], [31.05, 45.51]], dtype=np.float64
+)
+
+
+class DCGANGenerator(Generator):
+    """A DCGAN of :class:`DigiFaceDCGAN`'s shape (the DigiFace-1M weights or the LFW fine-tune), split
+    like StyleGAN2 into mapping and synthesis.
+
+    ``mapping`` is the first block (z -> 512 x 4 x 4 feature map after batch norm and ReLU);
+    its 16 spatial cells (row 4y + x is cell (y, x)) are the latent's rows, coarse regions of the
+    face. ``optimised_cells`` start from a blend of the real and the key latents and are
+    optimised; the others stay the real face's. By default all 16 are optimised: the 100-d z
+    alone got no closer than about 0.6 to its target in 50 steps, the feature map about 0.4, and
+    the loss sees the face inside the real chip, which keeps it face-like.
+
+    ``key_blend`` is the key's weight in every cell, unless ``centre_key_blend`` is given: then
+    the four centre cells (:data:`CENTRE_CELLS`: eyes, nose, mouth) take that weight and the
+    twelve border cells (forehead, hair, cheeks, chin, background) ``key_blend``.
+    """
+
+    def __init__(
+        self,
+        network: DigiFaceDCGAN,
+        *,
+        optimised_cells: tuple[int, ...] = tuple(range(16)),
+        key_blend: float = 0.5,
+        centre_key_blend: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        roles = tuple(
+            LatentRole.OPTIMISED if cell in optimised_cells else LatentRole.REAL for cell in range(_CELLS)
+        )
+        blend: float | tuple[float, ...] = key_blend
+        if centre_key_blend is not None:
+            blend = tuple(centre_key_blend if cell in CENTRE_CELLS else key_blend for cell in range(_CELLS))
+        self.layout = LatentLayout(roles=roles, width=_FIRST_WIDTH, key_blend=blend)
+        self.z_dim = Z_DIM
+        self.image_size = IMAGE_SIZE
+        self.landmark_template = DIGIFACE_LANDMARKS.copy()
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        features = self.network.main[:3](z.reshape(z.shape[0], Z_DIM, 1, 1))
+        return features.flatten(2).transpose(1, 2)
+
+    def synthesize(self, latent: torch.Tensor) -> torch.Tensor:
+        side = math.isqrt(latent.shape[1])
+        features = latent.transpose(1, 2).reshape(latent.shape[0], _FIRST_WIDTH, side, side)
+        # the synthesis layers only ever saw post-ReLU features
+        return self.network.main[3:](torch.relu(features))
+
+
+_CELLS = 16
+_FIRST_WIDTH = 512
+#: the 2 x 2 centre of the 4 x 4 first feature map
+CENTRE_CELLS = (5, 6, 9, 10)

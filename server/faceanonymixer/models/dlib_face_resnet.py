@@ -11,7 +11,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.models.dlib_network import (
     DlibMetricNetwork,
     LayerSpec,
@@ -23,6 +22,7 @@ from faceanonymixer.models.dlib_network import (
     skip,
     tag,
 )
+from faceanonymixer.utils.errors import ModelFormatError
 
 #: the distance below which dlib calls two descriptors the same person
 DLIB_MATCH_THRESHOLD = 0.6

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from faceanonymixer.errors import ModelFormatError
+from faceanonymixer.utils.errors import ModelFormatError
 
 # Special exponents of dlib's float_details for non-finite values.
 _EXPONENT_INF, _EXPONENT_NINF, _EXPONENT_NAN = 32000, 32001, 32002

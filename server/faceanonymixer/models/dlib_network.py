@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.models.base import Recognizer
 from faceanonymixer.models.dlib_format import DlibReader, LayerRecord
+from faceanonymixer.utils.errors import ModelFormatError
 
 #: wrapper kinds that carry no data in the file
 _WRAPPERS = ("tag", "skip")

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.models.ir_se50 import build_units, scaled_channels, stem
-from faceanonymixer.weights import check_sha256
+from faceanonymixer.models.weights import check_sha256
+from faceanonymixer.utils.errors import ModelFormatError
 
 __all__ = [
     "E4E_INPUT",

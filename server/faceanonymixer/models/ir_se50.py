@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceanonymixer.errors import ModelFormatError
 from faceanonymixer.models.base import Recognizer
-from faceanonymixer.weights import check_sha256
+from faceanonymixer.models.weights import check_sha256
+from faceanonymixer.utils.errors import ModelFormatError
 
 __all__ = [
     "ARCFACE_CROP",

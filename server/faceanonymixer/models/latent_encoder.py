@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from faceanonymixer.errors import ModelFormatError
-from faceanonymixer.weights import check_sha256, file_sha256
+from faceanonymixer.models.weights import check_sha256, file_sha256
+from faceanonymixer.utils.errors import ModelFormatError
 
 __all__ = ["LatentEncoder", "file_sha256", "load_latent_encoder", "save_latent_encoder"]
 

@@ -29,15 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceanonymixer.errors import ModelFormatError
-from faceanonymixer.generators import STYLEGAN2_WPLUS_LAYOUT, Generator, LatentLayout
+from faceanonymixer.models.generator_base import STYLEGAN2_WPLUS_LAYOUT, Generator, LatentLayout
 from faceanonymixer.models.stylegan2_ops import (
     fused_leaky_relu,
     make_kernel,
     modulated_conv2d,
     upfirdn2d,
 )
-from faceanonymixer.weights import check_sha256
+from faceanonymixer.models.weights import check_sha256
+from faceanonymixer.utils.errors import ModelFormatError
 
 __all__ = [
     "KEY_TRUNCATION",

@@ -24,15 +24,15 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from faceanonymixer.engine import PreparedFace, ProtectionEngine, StopCheck, Subject
-from faceanonymixer.errors import FaceAnonyMixerError
-from faceanonymixer.imageio import ImageInput
+from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, StopCheck, Subject
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.faces.imageio import ImageInput
 from faceanonymixer.keystore import KeyStore
-from faceanonymixer.protection_key import ProtectionKey
 from faceanonymixer.service.protection import Outcome, OutputOptions, ProtectedPhoto, encode_image
 from faceanonymixer.service.servicers import CallGuard, ProtectionServicer
 from faceanonymixer.service.settings import ServiceSettings
 from faceanonymixer.service.workers import EnginePool
+from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 log = logging.getLogger("faceanonymixer.service")
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import timestamp_pb2
 
-from faceanonymixer.errors import InvalidRequestError
+from faceanonymixer.engine.profiles import PROFILES, profile_revision, with_optimisation_overrides
 from faceanonymixer.keystore import KeyRecord, KeyStore
-from faceanonymixer.profiles import PROFILES, profile_revision, with_optimisation_overrides
+from faceanonymixer.utils.errors import InvalidRequestError
 from faceanonymixer_proto.v1 import keys_pb2
 
 if TYPE_CHECKING:

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from faceanonymixer.alignment import AlignedFace, FaceBox, paste_back
-from faceanonymixer.engine import FEATHER, PreparedFace, ProtectionEngine, StopCheck, Subject
-from faceanonymixer.errors import FaceAnonyMixerError, InvalidImageError, ProtectionCancelledError
-from faceanonymixer.imageio import ImageInput, RGBImage, load_image
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.engine.protection import FEATHER, PreparedFace, ProtectionEngine, StopCheck, Subject
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.faces.alignment import AlignedFace, FaceBox, paste_back
+from faceanonymixer.faces.imageio import ImageInput, RGBImage, load_image
 from faceanonymixer.service.status import without_frames
+from faceanonymixer.utils.errors import FaceAnonyMixerError, InvalidImageError, ProtectionCancelledError
 
 #: output encodings by name, with the Pillow arguments that make them
 ENCODINGS: dict[str, tuple[str, dict[str, object]]] = {

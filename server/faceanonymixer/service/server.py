@@ -21,11 +21,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from faceanonymixer.engine import ProtectionEngine
-from faceanonymixer.errors import FaceAnonyMixerError, ModelLoadError
+from faceanonymixer.engine.profiles import Profile, get_profile, served_profiles, with_optimisation_overrides
+from faceanonymixer.engine.protection import ProtectionEngine
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
 from faceanonymixer.keystore.kek import KeyRing
-from faceanonymixer.profiles import Profile, get_profile, served_profiles, with_optimisation_overrides
 from faceanonymixer.service.auth import Authenticator, server_credentials
 from faceanonymixer.service.handlers import tolerant_handler
 from faceanonymixer.service.logs import configure_json_logging
@@ -40,6 +39,7 @@ from faceanonymixer.service.servicers import (
 from faceanonymixer.service.settings import ServiceSettings, SettingsError, split_address
 from faceanonymixer.service.usage import UsageRecorder
 from faceanonymixer.service.workers import EnginePool
+from faceanonymixer.utils.errors import FaceAnonyMixerError, ModelLoadError
 from faceanonymixer_proto.v1 import keys_pb2, protection_pb2
 
 log = logging.getLogger("faceanonymixer.service")
@@ -65,8 +65,8 @@ def engine_factory(
     chosen = profile
 
     def build() -> ProtectionEngine:
-        from faceanonymixer.alignment import FaceAligner
-        from faceanonymixer.recognizers import default_device
+        from faceanonymixer.faces.alignment import FaceAligner
+        from faceanonymixer.utils.devices import default_device
 
         device = settings.device or default_device()
         aligner = FaceAligner(multiple_faces=settings.multiple_faces)

@@ -31,17 +31,16 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from PIL import Image, UnidentifiedImageError
 
-from faceanonymixer.errors import FaceAnonyMixerError, InvalidImageError, InvalidRequestError
-from faceanonymixer.imageio import DEFAULT_LIMITS, ImageInput, ImageLimits
-from faceanonymixer.keystore import KeyRecord, KeyStore
-from faceanonymixer.profiles import (
+from faceanonymixer.engine.profiles import (
     Profile,
     get_profile,
     profile_revision,
     served_profiles,
     with_optimisation_overrides,
 )
-from faceanonymixer.protection_key import ProtectionKey
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.faces.imageio import DEFAULT_LIMITS, ImageInput, ImageLimits
+from faceanonymixer.keystore import KeyRecord, KeyStore
 from faceanonymixer.service import key_operations
 from faceanonymixer.service.auth import Authenticator
 from faceanonymixer.service.handlers import MalformedRequest
@@ -63,6 +62,7 @@ from faceanonymixer.service.status import (
 )
 from faceanonymixer.service.usage import UsageRecorder
 from faceanonymixer.service.workers import Cost, DeadlineExceededError, EnginePool, Measure
+from faceanonymixer.utils.errors import FaceAnonyMixerError, InvalidImageError, InvalidRequestError
 from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc, protection_pb2, protection_pb2_grpc
 
 log = logging.getLogger("faceanonymixer.service")

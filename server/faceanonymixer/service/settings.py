@@ -35,7 +35,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 ENV_PREFIX = "FACEANONYMIXER_"
 

@@ -14,7 +14,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from faceanonymixer.errors import (
+from faceanonymixer.keystore.integrity import KeyIntegrityError
+from faceanonymixer.utils.errors import (
     InvalidImageError,
     InvalidKeyError,
     InvalidRequestError,
@@ -27,7 +28,6 @@ from faceanonymixer.errors import (
     ProfileMismatchError,
     ProtectionCancelledError,
 )
-from faceanonymixer.keystore.integrity import KeyIntegrityError
 from faceanonymixer_client.errors import DOMAIN, Reason
 
 E = TypeVar("E", bound=BaseException)

@@ -18,9 +18,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.keystore import KeyStore
 from faceanonymixer.keystore.store import KeyUse
+from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 log = logging.getLogger("faceanonymixer.service")
 

@@ -34,10 +34,10 @@ from typing import Any, Generic, TypeVar
 
 from google.rpc import code_pb2
 
-from faceanonymixer.engine import ProtectionEngine, StopCheck
-from faceanonymixer.errors import FaceAnonyMixerError, ProtectionCancelledError
+from faceanonymixer.engine.protection import ProtectionEngine, StopCheck
 from faceanonymixer.service.status import Reason, ServiceError, rich_status, without_frames
-from faceanonymixer.threads import AUTO, threads_for_call, torch_threads, usable_cores
+from faceanonymixer.utils.errors import FaceAnonyMixerError, ProtectionCancelledError
+from faceanonymixer.utils.threads import AUTO, threads_for_call, torch_threads, usable_cores
 
 T = TypeVar("T")
 Work = Callable[[ProtectionEngine, StopCheck], T]
@@ -136,7 +136,7 @@ class EnginePool:
         tenant_share: float = 1.0,
         revision_factories: Mapping[str, EngineFactory] | None = None,
     ) -> None:
-        """``threads``: torch threads per worker (:mod:`faceanonymixer.threads`; 0 chooses per
+        """``threads``: torch threads per worker (:mod:`faceanonymixer.utils.threads`; 0 chooses per
         job among the worker's share of ``cores``, default the usable cores). ``queue_size``
         (photos) and ``queue_megapixels`` bound the waiting work; ``tenant_share`` (0-1] is the
         most of either one tenant may hold (1: no per-tenant bound). ``revision_factories``

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from faceanonymixer.alignment import FaceAligner, crop_to_template
-from faceanonymixer.embedding import chips_to_tensor
-from faceanonymixer.errors import FaceAnonyMixerError
-from faceanonymixer.generators import Generator
-from faceanonymixer.imageio import load_image
+from faceanonymixer.faces.alignment import FaceAligner, crop_to_template
+from faceanonymixer.faces.embedding import chips_to_tensor
+from faceanonymixer.faces.imageio import load_image
+from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.latent_encoder import LatentEncoder, save_latent_encoder
+from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 log = logging.getLogger(__name__)
 

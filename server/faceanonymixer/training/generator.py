@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from faceanonymixer.errors import FaceAnonyMixerError
-from faceanonymixer.generators import Generator
-from faceanonymixer.imageio import write_png_atomic
+from faceanonymixer.faces.imageio import write_png_atomic
 from faceanonymixer.models.dcgan import IMAGE_SIZE, Z_DIM, DigiFaceDCGAN
+from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.latent_encoder import LatentEncoder
-from faceanonymixer.outputs import write_atomic
 from faceanonymixer.training.encoder import TrainingFaces, aligned_training_faces
+from faceanonymixer.utils.errors import FaceAnonyMixerError
+from faceanonymixer.utils.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,85 @@
+"""Helpers shared by the command-line modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import grpc
+import typer
+
+from faceanonymixer_client.errors import FaceAnonyMixerError, error_from_rpc, error_row
+
+#: exit code of a path that is missing or not a folder (a bad argument)
+_BAD_PATH_EXIT = 2
+
+
+@contextmanager
+def one_line_errors(as_json: bool = False) -> Iterator[None]:
+    """Typed errors (the engine's, and a server's refusals) end the command with the exit code of
+    ARCHITECTURE.md's table and one line on stderr naming the input they are about; with
+    ``as_json``, ``{"error": {"code", "reason", "message", "input"}}`` on stdout instead."""
+    try:
+        yield
+    except FaceAnonyMixerError as exc:
+        _fail(exc, as_json)
+    except grpc.RpcError as exc:  # a raw stub's call (the key commands)
+        _fail(error_from_rpc(exc), as_json)
+    except (NotADirectoryError, FileNotFoundError) as exc:
+        where = None if exc.filename is None else str(exc.filename)
+        message = exc.strerror if where is not None and exc.strerror else str(exc)
+        _report(as_json, _BAD_PATH_EXIT, "INVALID_ARGUMENT", "INVALID_ARGUMENT", message, where)
+
+
+def _fail(error: FaceAnonyMixerError, as_json: bool) -> None:
+    row = error_row(error)
+    code = error.code.name if error.code is not None else (row.code.name if row else "UNKNOWN")
+    reason = error.reason or (row.reasons[0].value if row else "")
+    # the text line keeps the SDK's "(CODE, REASON)" suffix; JSON has them as fields
+    _report(as_json, error.exit_code, code, reason, error.message, error.input, text=str(error))
+
+
+def _report(
+    as_json: bool,
+    exit_code: int,
+    code: str,
+    reason: str,
+    message: str,
+    where: str | None,
+    *,
+    text: str | None = None,
+) -> None:
+    if as_json:
+        payload = {"error": {"code": code, "reason": reason, "message": message, "input": where}}
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        line = text or message
+        typer.echo(f"error: {where}: {line}" if where else f"error: {line}", err=True)
+    raise typer.Exit(exit_code) from None
+
+
+def show_progress(as_json: bool) -> bool:
+    """Progress goes to a terminal only: never into a pipe, a log, or beside ``--json``."""
+    return not as_json and sys.stderr.isatty()
+
+
+def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> None:
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        render()
+
+
+#: ``--threads`` of every command that runs torch (faceanonymixer.utils.threads)
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=0,
+        help="torch CPU threads; 0 chooses per call (every idle core, one while other work runs). "
+        "Default: FACEANONYMIXER_THREADS, else 0.",
+    ),
+]

@@ -1,0 +1,124 @@
+"""Key-derived target identities: what makes a probe protected on its own match its enrollment.
+
+Each protected face is pulled toward ``t = c + s * B P^T (e - c)`` in the loss recognizer's space:
+``e`` the original embedding (the mean over a subject's photos when several are protected
+together), ``c`` the centre of real faces, ``P`` and ``B`` two key-seeded orthonormal bases of
+``rank`` dimensions and ``s = sqrt(dim / rank)`` so that distances keep their expected size (the
+engine scales ``s`` by the profile's ``target_gain`` where its generator falls short of targets).
+With the profile's ``target_subspace`` k, ``B`` is drawn inside the k principal axes of real
+identities (``identity_stats.py``): a ``B`` drawn in the whole space puts about half of every
+target along directions in which real faces hardly differ (the weakest 64 of dlib's 128 axes hold
+3% of their variance), where no generated face reaches either.
+With the profile's ``source_axes`` k', ``P`` is drawn inside the top k' of those axes: the target
+reads the photo's identity only where real people differ most, so that what varies between one
+person's photos along the weaker axes no longer moves its target.
+
+* Stable: ``t`` is a smooth function of the real identity, so photos of one person (close ``e``)
+  get close targets in separate calls, and different people keep their distance even when the
+  whole application shares one key.
+* Unlinkable: another key draws other bases, so the same person gets an unrelated target.
+* Not invertible: ``P^T`` keeps ``rank`` of the ``dim`` dimensions of ``e - c``; the rest is gone
+  from the target, and so from the protected face. The trade-off, stated plainly: whoever holds
+  the key *and* a protected face can recover those ``rank`` projections and, like any holder of a
+  key in a cancelable scheme, protect candidate photos with the same key and compare. The key is
+  the secret; what is destroyed is the way back to the face and to the full original template.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from faceanonymixer.engine.protection_key import ProtectionKey, key_generator
+
+TARGET_PURPOSE = "identity-target"
+LATENT_PURPOSE = "synthetic-latent"
+LATENT_IDENTITY_PURPOSE = "synthetic-latent-identity"
+
+
+def key_target_map(
+    key: ProtectionKey,
+    profile_id: str,
+    dim: int,
+    rank: int,
+    subspace: torch.Tensor | None = None,
+    source_subspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The (dim, dim) linear map ``s * B P^T`` of rank ``rank`` for this key (float32).
+
+    ``subspace`` (dim, k) orthonormal columns, k >= rank: ``B`` is drawn inside it (the principal
+    axes of real identities, ``identity_stats.IdentityBasis.top``), so that targets lie where
+    real faces vary and a generator can reach them; None: anywhere in the embedding space.
+    ``source_subspace``, the same for ``P``: the map reads the identity along those axes only.
+    """
+    if not 1 <= rank <= dim:
+        raise ValueError(f"rank must be between 1 and {dim}, not {rank}")
+    for name, axes in (("target", subspace), ("source", source_subspace)):
+        if axes is not None and (axes.ndim != 2 or axes.shape[0] != dim or axes.shape[1] < rank):
+            raise ValueError(
+                f"the {name} subspace must be ({dim}, k) with k >= rank {rank}, not {tuple(axes.shape)}"
+            )
+    generator = key_generator(key, profile_id, TARGET_PURPOSE)
+    draws = torch.randn(2, dim, rank, generator=generator, dtype=torch.float64)
+    source = _orthonormal_inside(draws[0], source_subspace)
+    target = _orthonormal_inside(draws[1], subspace)
+    return (math.sqrt(dim / rank) * target @ source.T).float()
+
+
+def _orthonormal_inside(draw: torch.Tensor, subspace: torch.Tensor | None) -> torch.Tensor:
+    """Orthonormal columns from a (dim, rank) Gaussian draw: in the whole space, or inside
+    ``subspace`` (dim, k) with the draw's first k rows as coordinates along its axes."""
+    if subspace is None:
+        return torch.linalg.qr(draw).Q
+    axes = subspace.to(torch.float64)
+    return axes @ torch.linalg.qr(draw[: axes.shape[1]]).Q
+
+
+def target_identity(embeddings: torch.Tensor, centre: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    """Targets for (N, dim) original embeddings around ``centre``."""
+    return centre + (embeddings - centre) @ mapping.T
+
+
+def synthetic_code(
+    key: ProtectionKey,
+    profile_id: str,
+    z_dim: int,
+    centred: torch.Tensor,
+    identity_weight: float,
+    identity_code: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The generator code of the key's synthetic face for one subject, (1, z_dim) on the CPU.
+
+    ``sqrt(1 - w^2) z_key + w i``: ``z_key`` a key-seeded Gaussian code and ``i`` the subject's
+    part. ``i`` is ``identity_code`` where the profile has a fitted map from identities to codes
+    (``identity_code.py``: the code of the subject's key-derived target, or with the profile's
+    ``start_axes`` of the target of its identity's coarse part); otherwise
+    ``sqrt(z_dim) W u``, ``u`` the unit direction of the subject's centred embedding (1, dim) and
+    ``W`` a key-seeded orthonormal map, so the code keeps about the length of a Gaussian draw. With
+    ``w = 0`` everyone sharing a key starts from one synthetic face (the published method, one key
+    per person); with ``w > 0`` people sharing a key start from different faces, while photos of
+    one person (close directions) start close together, and another key draws unrelated codes.
+    """
+    if not 0.0 <= identity_weight <= 1.0:
+        raise ValueError(f"identity_weight must be between 0 and 1, not {identity_weight}")
+    code = torch.randn(1, z_dim, generator=key_generator(key, profile_id, LATENT_PURPOSE))
+    if identity_weight == 0.0:
+        return code
+    if identity_code is not None:
+        if identity_code.shape != (1, z_dim):
+            raise ValueError(f"identity_code must be (1, {z_dim}), not {tuple(identity_code.shape)}")
+        return math.sqrt(1.0 - identity_weight**2) * code + identity_weight * identity_code.cpu().float()
+    dim = centred.shape[-1]
+    draw = torch.randn(
+        max(z_dim, dim),
+        min(z_dim, dim),
+        generator=key_generator(key, profile_id, LATENT_IDENTITY_PURPOSE),
+        dtype=torch.float64,
+    )
+    basis = torch.linalg.qr(draw).Q.float()  # orthonormal columns
+    projection = basis if z_dim >= dim else basis.T  # (z_dim, dim)
+    direction = torch.nn.functional.normalize(centred.detach().cpu().float().reshape(1, dim), dim=1)
+    # scaled so that its length matches a Gaussian draw's, about sqrt(z_dim)
+    identity = math.sqrt(z_dim) * torch.nn.functional.normalize(direction @ projection.T, dim=1)
+    return math.sqrt(1.0 - identity_weight**2) * code + identity_weight * identity

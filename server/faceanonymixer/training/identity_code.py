@@ -1,0 +1,60 @@
+"""Fitting the identity-to-code map (``models.identity_code``): the least-squares slope of the
+generator encoder's codes of real photos on their centred embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from faceanonymixer.engine.protection import ProtectionEngine
+from faceanonymixer.faces.embedding import chips_to_tensor
+from faceanonymixer.models.identity_code import IdentityCodeMap
+from faceanonymixer.models.inverters import MappedCodeInverter
+from faceanonymixer.utils.errors import FaceAnonyMixerError
+
+
+def fit_identity_code_map(offsets: np.ndarray, codes: np.ndarray) -> IdentityCodeMap:
+    """Least squares (with an intercept, which the map then drops) of ``codes`` (N, z_dim) on
+    ``offsets`` (N, embedding_dim), the centred embeddings of the same photos. A small ridge
+    (alpha 1e-3): dlib embeddings barely vary along some directions, and plain least squares
+    multiplies their noise by thousands."""
+    from sklearn.linear_model import Ridge  # the [eval] extra
+
+    if len(offsets) != len(codes) or len(offsets) <= offsets.shape[1]:
+        raise FaceAnonyMixerError(
+            f"fitting needs more photos than embedding dimensions ({offsets.shape[1]}), got {len(offsets)}"
+        )
+    regression = Ridge(alpha=1e-3).fit(offsets.astype(np.float64), codes.astype(np.float64))
+    norm = float(np.linalg.norm(codes, axis=1).mean())
+    return IdentityCodeMap(torch.from_numpy(regression.coef_).float(), norm)
+
+
+def measure_code_pairs(
+    engine: ProtectionEngine, photos: Sequence[Path]
+) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """(centred embeddings, encoder codes, photos used) over ``photos`` with the engine's models;
+    photos without exactly one face are skipped."""
+    inverter = engine.inverter
+    if not isinstance(inverter, MappedCodeInverter):
+        raise FaceAnonyMixerError(
+            f"profile {engine.profile.profile_id!r}: its encoder predicts no generator code"
+        )
+    offsets, codes, used = [], [], []
+    with torch.no_grad():
+        for path in tqdm(photos, desc="embedding and encoding faces", unit="photo"):
+            try:
+                face = engine.prepare(path)
+            except FaceAnonyMixerError:
+                continue
+            chip = chips_to_tensor([face.chip.image], engine.device)
+            crop = chips_to_tensor([face.crop.image], engine.device) / 127.5 - 1.0
+            offsets.append((engine.passes.embed(chip) - engine.identity_centre)[0].cpu().numpy())
+            codes.append(inverter.code(crop)[0].cpu().numpy())
+            used.append(path)
+    if not used:
+        raise FaceAnonyMixerError("no face could be aligned in the training photos")
+    return np.stack(offsets), np.stack(codes), used
