@@ -8,7 +8,7 @@
 # Stages: `builder` makes the project's wheels (the server and the client SDK it requires); `venv-cpu` / `venv-cuda` install it with torch into
 # /opt/venv; `runtime` is everything the final images share (user, volume, settings, health check,
 # entrypoint); `cpu` and `cuda` are `runtime` plus their venv. deploy/README.md explains the
-# settings, volumes and secrets; tests/test_dockerfile.py checks this file.
+# settings, volumes and secrets; tests/artifacts/test_dockerfile.py checks this file.
 
 ARG TORCH_VERSION=2.13.0
 ARG GAN_FACE_GENERATE_VERSION=1.1.1

@@ -8,7 +8,7 @@ The tables go between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`
 the text around them is written by hand.
 
 Run ``.venv/bin/python scripts/generate_docs.py`` after changing any of them;
-``tests/test_docs.py`` fails while the committed docs differ from what this writes.
+``tests/artifacts/test_docs.py`` fails while the committed docs differ from what this writes.
 """
 
 from __future__ import annotations

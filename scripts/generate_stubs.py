@@ -9,7 +9,7 @@ imports of each other and their message classes' module names are rewritten to
 ``faceanonymixer_proto.v1`` (the wire names, such as ``/faceanonymixer.v1.KeyService/CreateKey``,
 do not change). The output depends only on the .proto
 files and the pinned grpcio-tools version, so regenerating must give the committed files byte for
-byte (``tests/test_proto_stubs.py`` checks it)::
+byte (``tests/artifacts/test_proto_stubs.py`` checks it)::
 
     python scripts/generate_stubs.py            # refresh client_sdk/faceanonymixer_proto/v1
     python scripts/generate_stubs.py --out DIR  # write to DIR/faceanonymixer_proto/v1 instead

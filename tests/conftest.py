@@ -24,6 +24,18 @@ EVALUATION_SETS = ("orl", "yale", "deepface", "fr_examples", "lfw")
 
 
 @pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module of tiny steps, restored afterwards: OpenMP threads on
+    a shared two-core machine only add overhead (docs/decisions/2026-12-07-threads.md)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def weights() -> None:
     """Skips where the embedded profile's committed weights are absent (a partial checkout)."""
     from committed import committed_entry

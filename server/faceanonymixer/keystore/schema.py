@@ -4,7 +4,7 @@ The migrations in ``migrations/versions`` create them (plus the triggers that ke
 insert-only); this module only describes them for queries. Columns added after the first
 migration are nullable there (a store made before them is filled in when ``KeyStore.open``
 upgrades it, with the KEK at hand); the store never writes NULL into them.
-``tests/test_keystore.py`` checks that the two agree.
+``tests/unit/test_keystore.py`` checks that the two agree.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def save_dcgan(model: DigiFaceDCGAN, path: str | Path) -> str:
 
 
 #: dlib's five landmarks on DigiFace DCGAN samples: the mean over 56 of 64 seeded samples in which
-#: dlib's detector found a face (per-point spread 1.4 px); tests/test_generators.py re-measures it.
+#: dlib's detector found a face (per-point spread 1.4 px); tests/unit/test_generators.py re-measures it.
 DIGIFACE_LANDMARKS = np.array(
     [[45.17, 29.50], [37.31, 29.78], [18.18, 29.13], [25.85, 29.58], [31.05, 45.51]], dtype=np.float64
 )

@@ -1,7 +1,7 @@
 """The docs: the reference tables are generated from the code and kept current, README stays a short
 guide that links every page, links resolve, and every decision record has its three parts.
 
-The examples in README and ``docs/`` are run by ``tests/test_doc_examples.py``.
+The examples in README and ``docs/`` are run by ``tests/artifacts/test_doc_examples.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from types import ModuleType
 
 from script_loader import load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"
 DECISIONS = DOCS / "decisions"

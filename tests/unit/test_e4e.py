@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_ir_se50 import Shapes, parameter_count, random_state, reference_trunk_shapes, shapes_of
 
 from faceanonymixer.models.e4e import E4EEncoder, Encoder4Editing, load_e4e, n_styles_for
 from faceanonymixer.models.weights import file_sha256
 from faceanonymixer.utils.errors import ModelFormatError
+from unit.test_ir_se50 import Shapes, parameter_count, random_state, reference_trunk_shapes, shapes_of
+
+#: tiny steps: one torch thread (the shared fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: Encoder4Editing(50, 'ir_se') for stylegan_size 1024, parameters only (from the shapes below)
 E4E_PARAMETERS = 267_136_704
@@ -75,15 +77,6 @@ def e4e_checkpoint(seed: int = 1, *, n_styles: int = 18) -> dict[str, Any]:
         "opts": opts,
         "latent_avg": torch.randn(n_styles, dim, generator=torch.Generator().manual_seed(seed)),
     }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Two OpenMP threads on a shared two-core machine are slower than one; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from script_loader import load_script
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: what a protection engine would bring: none of it may arrive with the SDK
 HEAVY = ("torch", "dlib", "cv2", "face_recognition_models", "faceanonymixer", "sklearn")
 #: the SDK's own packages hold code only (weights are the server distribution's)

@@ -23,7 +23,7 @@ from faceanonymixer.models.e4e import Encoder4Editing
 from faceanonymixer.models.ir_se50 import IRSE50
 from faceanonymixer.models.stylegan2 import StyleGAN2Generator, rosinality_channels
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ffhq_flops.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ffhq_flops.py"
 META = torch.device("meta")
 TINY_SIZE, TINY_STYLE, TINY_NARROW = 64, 16, 64
 

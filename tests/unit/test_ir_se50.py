@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,9 @@ from faceanonymixer.models.ir_se50 import (
 )
 from faceanonymixer.models.weights import file_sha256
 from faceanonymixer.utils.errors import ModelFormatError
+
+#: tiny steps: one torch thread (the shared fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -108,15 +110,6 @@ def random_state(shapes: Shapes, seed: int) -> OrderedDict[str, torch.Tensor]:
 
 def shapes_of(state: dict[str, torch.Tensor]) -> Shapes:
     return {key: tuple(value.shape) for key, value in state.items()}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Two OpenMP threads on a shared two-core machine are slower than one; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

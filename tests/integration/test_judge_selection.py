@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from script_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "judge_protection.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "judge_protection.py"
 
 
 @pytest.fixture(scope="module")

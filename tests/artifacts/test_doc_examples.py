@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 from service_harness import ServerProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PAGES = [REPO_ROOT / "README.md", *sorted(p for p in (REPO_ROOT / "docs").glob("*.md") if p.name != "cli.md")]
 RUN = {"python", "bash", "sh", "console"}
 #: the bearer token of the docs' server examples

@@ -7,7 +7,6 @@ Needs the committed encoder weights and the shared face photos (skips otherwise)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,18 +21,12 @@ from faceanonymixer.engine.profiles import EMBEDDED_DIGIFACE, OptimisationConfig
 from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, ProtectionResult, Subject
 from faceanonymixer.engine.protection_key import ProtectionKey
 
+#: tiny steps: one torch thread (the shared fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 KEY = ProtectionKey(bytes(range(32)), key_id="a")
 STEPS = 8
-REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_loop.py"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny steps: OpenMP threads on a shared CPU only add overhead (as in test_engine.py)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+REFERENCE = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_loop.py"
 
 
 @pytest.fixture(scope="module")

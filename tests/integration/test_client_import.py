@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "dlib", "torchvision", "cv2", "face_recognition_models")
 
 #: modules of the server side that the client must never load, with their submodules

@@ -17,7 +17,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_ffhq_profile import registered, tiny_stack  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from faceanonymixer.cli.main import app as cli
@@ -33,6 +32,7 @@ from faceanonymixer.service.settings import ServiceSettings, SettingsError
 from faceanonymixer.utils.errors import ModelFormatError
 from faceanonymixer_export import onnx_export
 from faceanonymixer_export.onnx_export import export_profile
+from integration.test_ffhq_profile import registered, tiny_stack  # noqa: F401  (fixtures)
 
 #: exports and runs ONNX graphs of real and tiny models: slow, not in the quick loop
 pytestmark = pytest.mark.slow

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,17 +19,11 @@ from faceanonymixer.engine.profiles import EMBEDDED
 from faceanonymixer.engine.protection import ProtectionEngine
 from faceanonymixer.faces.imageio import load_image, write_png_atomic
 
+#: tiny steps: one torch thread (the shared fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 runner = CliRunner()
 KEY = bytes(range(7, 39))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny steps on a CPU shared with training jobs run far faster so."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import yaml
 
 from faceanonymixer.service.settings import ENV_PREFIX, ServiceSettings, split_address
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S = REPO_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 SIDECAR = "faceanonymixer"

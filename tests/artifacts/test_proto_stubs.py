@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from script_loader import load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = REPO_ROOT / "client_sdk"
 PACKAGE_DIR = Path("faceanonymixer_proto")
 SCRIPT = REPO_ROOT / "scripts" / "generate_stubs.py"

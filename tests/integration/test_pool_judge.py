@@ -12,7 +12,7 @@ from script_loader import load_script
 
 from faceanonymixer.evaluation.judges import published_threshold
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,6 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 from service_harness import ServerProcess
-from test_service_auth import issue, make_ca
 
 from faceanonymixer.engine.profiles import get_profile
 from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
@@ -66,6 +65,7 @@ from faceanonymixer_client import (
     UnauthenticatedError,
 )
 from faceanonymixer_client.errors import ERROR_TABLE, ErrorRow, Reason
+from unit.test_service_auth import issue, make_ca
 
 #: the SDK against real server processes: slow, not in the quick loop
 pytestmark = pytest.mark.slow

@@ -16,10 +16,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_e4e import e4e_checkpoint
-from test_ir_se50 import TINY as IR_TINY
-from test_ir_se50 import random_state, reference_ir_se50_shapes
-from test_stylegan2 import randomise
 
 from faceanonymixer.engine.profiles import FFHQ
 from faceanonymixer.engine.protection import ProtectionEngine, Subject
@@ -31,6 +27,10 @@ from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.ir_se50 import load_arcface_recognizer
 from faceanonymixer.models.stylegan2 import StyleGAN2FaceGenerator, StyleGAN2Generator, load_stylegan2
 from faceanonymixer.models.zoo import MODELS_DIR_ENV, ModelMissingError
+from unit.test_e4e import e4e_checkpoint
+from unit.test_ir_se50 import TINY as IR_TINY
+from unit.test_ir_se50 import random_state, reference_ir_se50_shapes
+from unit.test_stylegan2 import randomise
 
 SIZE, STYLE, ROWS = 64, 128, 10
 KEY = bytes(range(32))

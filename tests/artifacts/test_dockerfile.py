@@ -25,7 +25,7 @@ from dockerfile_parse import DockerfileParser
 
 from faceanonymixer.service.settings import ENV_PREFIX, ServiceSettings, split_address
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 TARGETS = ("cpu", "cuda")
 #: what the .dockerignore is meant to drop from inside the copied folders, and nothing else

@@ -27,20 +27,13 @@ from faceanonymixer.models.dcgan import CENTRE_CELLS, DCGANGenerator
 from faceanonymixer.models.generator_base import LatentRole
 from faceanonymixer.utils.errors import InvalidKeyError, NoFaceError, ProtectionCancelledError
 
+#: tiny steps: one torch thread (the shared fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 STEPS = 4
 INVERSION_STEPS = 2
 KEY_A = ProtectionKey(bytes(range(32)), key_id="a")
 KEY_B = ProtectionKey(bytes(range(100, 132)), key_id="b")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the steps are tiny, and OpenMP threads on a busy CPU (a training job
-    beside the tests) slow them down twentyfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

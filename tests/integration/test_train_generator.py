@@ -21,12 +21,10 @@ from faceanonymixer.training.generator import (
 )
 from faceanonymixer.utils.errors import FaceAnonyMixerError, ModelFormatError
 
+#: tiny steps: one torch thread (the shared fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIG = GeneratorTraining(steps=4, batch_size=2, r1_every=2, checkpoint_every=1)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def networks() -> tuple[DigiFaceDCGAN, LatentEncoder]:

@@ -1,0 +1,1 @@
+"""Artifacts tests (see tests/conftest.py for the shared fixtures)."""
