@@ -78,7 +78,7 @@ class StandInEngine:
         face = AlignedFace(photo[:64, :64].copy(), np.zeros((5, 2)), transform, box, (width, height), "dlib")
         return PreparedFace(photo, face, face, grid=None, decode_seconds=0.0, align_seconds=0.0)  # type: ignore[arg-type]
 
-    def protect(self, subjects: list[Any], *, should_stop: Any = None) -> list[list[Any]]:
+    def protect(self, subjects: list[Any], **_: Any) -> list[list[Any]]:  # the engine's keywords
         self.alive_while_optimising.append(sum(ref() is not None for ref in self.decoded))
         return [[_Result(np.full((64, 64, 3), 7, np.uint8)) for _ in subject.faces] for subject in subjects]
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from faceanonymixer.engine.batch import SubjectPhotos, protect_batch
 from faceanonymixer.engine.profiles import Profile, get_profile
 from faceanonymixer.engine.protection import (
     ProtectionEngine,
@@ -18,12 +19,10 @@ from faceanonymixer.engine.protection import (
     Runtime,
     StepCallback,
     StopCheck,
-    Subject,
 )
 from faceanonymixer.engine.protection_key import ProtectionKey, as_key
 from faceanonymixer.faces.imageio import ImageInput
 from faceanonymixer.utils.devices import default_device
-from faceanonymixer.utils.errors import FaceAnonyMixerError
 from faceanonymixer.utils.threads import threads_setting, torch_threads
 
 
@@ -85,19 +84,20 @@ class Protector:
         if not batch:
             raise ValueError("no images to protect")
         with torch_threads(self.threads):
-            faces = []
-            for index, image in enumerate(batch):
-                try:
-                    faces.append(self.engine.prepare(image))
-                except FaceAnonyMixerError as error:
-                    error.input = _input_name(image, index)
-                    raise
-                if on_photo is not None:
-                    on_photo(index + 1, len(batch))
-            subject = Subject(faces=faces, key=protection_key)
-            return self.engine.protect(
-                [subject], should_stop=should_stop, keep_latents=keep_latents, on_step=on_step
-            )[0]
+            [outcomes] = protect_batch(
+                self.engine,
+                [SubjectPhotos(batch, protection_key)],
+                should_stop=should_stop,
+                stop_at_first_error=True,
+                on_photo=on_photo,
+                on_step=on_step,
+                keep_latents=keep_latents,
+            )
+        for index, outcome in enumerate(outcomes):
+            if outcome.error is not None:
+                outcome.error.input = _input_name(batch[index], index)
+                raise outcome.error
+        return [outcome.result for outcome in outcomes if outcome.result is not None]
 
 
 def _input_name(image: ImageInput, index: int) -> str:

@@ -4,11 +4,12 @@ Protocol (what :func:`run_protection` and :func:`judge_embeddings` do)
 --------------------------------------------------------------------
 Data
     One or several sets ``<set>/<identity>/<image>`` (the set is the folder's name); identities
-    and files in sorted order. Per set: with ``per_cell``, at most that many identities of each
-    labelled group (:mod:`faceanonymixer.evaluation.labels`; a draw fixed by the seed, since
-    sorted names may run by age), then the first ``max_identities`` identities and the first
-    ``max_images`` photos of each. A folder may hold one photo (a one-photo set such as UTKFace:
-    every photo its own identity). Labels are ``<set>/<identity>``. Photos the engine cannot
+    and files in sorted order. Per set: the identities with at least ``min_images`` photos (among
+    the first ``max_images``); with ``per_cell``, at most that many of each labelled group
+    (:mod:`faceanonymixer.evaluation.labels`; a draw fixed by the seed, since sorted names may run
+    by age); past the first ``skip_identities``, the first ``max_identities`` identities and the
+    first ``max_images`` photos of each. A folder may hold one photo (a one-photo set such as
+    UTKFace: every photo its own identity). Labels are ``<set>/<identity>``. Photos the engine cannot
     decode or align (no face, several faces, not an image) are counted and skipped.
 Keys
     Derived from ``seed``: per identity a key A = sha256("<seed>:<identity>:A") and a second key
@@ -65,6 +66,10 @@ class EvalConfig:
     max_images: int | None = None
     #: at most this many identities per labelled group (cell) of each set
     per_cell: int | None = None
+    #: identities of a set with fewer photos (after ``max_images``) are passed over
+    min_images: int = 1
+    #: the first identities of each set passed over (a slice held out from tuning)
+    skip_identities: int = 0
     seed: int = 0
     profile: str = "embedded"
     judges: tuple[str, ...] = ("dlib", "facenet")
@@ -208,31 +213,38 @@ def _protect(task: _Task) -> _Done:
 
 
 def _protect_batch(task: _Task) -> _Done:
-    from faceanonymixer.engine.protection import Subject
-    from faceanonymixer.utils.errors import FaceAnonyMixerError
+    from faceanonymixer.engine.batch import prepare_photos, protect_prepared
 
     engine = _ENGINE
-    prepared, failures = [], {}
-    for index, identity, path in task.items:
-        try:
-            prepared.append((index, identity, engine.prepare(path)))
-        except FaceAnonyMixerError as error:
-            failures[index] = f"{type(error).__name__}: {error}"
+    outcomes = prepare_photos(engine, [path for _, _, path in task.items])
+    failures = {
+        index: f"{type(outcome.error).__name__}: {outcome.error}"
+        for (index, _, _), outcome in zip(task.items, outcomes, strict=True)
+        if outcome.error is not None
+    }
+    prepared = [
+        (index, identity, outcome.prepared, outcome)
+        for (index, identity, _), outcome in zip(task.items, outcomes, strict=True)
+        if outcome.prepared is not None
+    ]
     done = _Done({}, {}, failures)
     if not prepared:
         return done
     naive = engine.config.with_overrides(steps=0)
-    reconstructed = engine.reconstruct([face for _, _, face in prepared])
+    reconstructed = engine.reconstruct([face for _, _, face, _ in prepared])
     done.reconstructions = {
-        index: image for (index, _, _), image in zip(prepared, reconstructed, strict=True)
+        index: image for (index, _, _, _), image in zip(prepared, reconstructed, strict=True)
     }
     for setting in task.settings:
-        subjects = [
-            Subject(faces=[face], key=key_for(task.seed, identity, setting)) for _, identity, face in prepared
-        ]
-        protected = engine.protect(subjects, optimisation=naive if setting.startswith("naive_") else None)
+        protect_prepared(
+            engine,
+            [(key_for(task.seed, identity, setting), [outcome]) for _, identity, _, outcome in prepared],
+            optimisation=naive if setting.startswith("naive_") else None,
+        )
         done.results[setting] = {}
-        for (index, _, face), (result,) in zip(prepared, protected, strict=True):
+        for index, _, face, outcome in prepared:
+            result = outcome.result
+            assert result is not None  # every prepared photo is protected
             done.originals[index] = (face.photo, result.original_face)
             done.results[setting][index] = (result.photo, result.face, result.timings["total"])
     return done
@@ -255,7 +267,12 @@ def list_photos(config: EvalConfig) -> list[Listed]:
         labels = {
             identity: label_photo(dataset.name, identity, paths[0]) for identity, paths in by_identity.items()
         }
-        identities = _per_cell(sorted(by_identity), labels, config.per_cell, config.seed)
+        usable = [
+            identity
+            for identity in sorted(by_identity)
+            if len(by_identity[identity][: config.max_images]) >= config.min_images
+        ]
+        identities = _per_cell(usable, labels, config.per_cell, config.seed)[config.skip_identities :]
         for identity in identities[: config.max_identities]:
             listed.extend(
                 Listed(dataset.name, identity, path, labels[identity])

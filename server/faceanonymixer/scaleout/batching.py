@@ -24,7 +24,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, StopCheck, Subject
+from faceanonymixer.engine.batch import SubjectPhotos, protect_batch
+from faceanonymixer.engine.protection import ProtectionEngine, StopCheck
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.faces.imageio import ImageInput
 from faceanonymixer.keystore import KeyStore
@@ -32,7 +33,6 @@ from faceanonymixer.service.protection import Outcome, OutputOptions, ProtectedP
 from faceanonymixer.service.servicers import CallGuard, ProtectionServicer
 from faceanonymixer.service.settings import ServiceSettings
 from faceanonymixer.service.workers import EnginePool
-from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 log = logging.getLogger("faceanonymixer.service")
 
@@ -52,45 +52,33 @@ def protect_subjects(
 ) -> list[list[Outcome]]:
     """Protect every call's photos in one optimisation batch; one list of outcomes per call, in order.
 
-    For one call this is exactly ``protect_photos``: a photo that cannot be aligned fails alone,
+    For one call this is ``protect_photos``'s work: a photo that cannot be aligned fails alone,
     ``optimise`` is the batch's optimisation time shared out per face.
     """
-    outcomes: list[list[Outcome | None]] = [[None] * len(item.photos) for item in work]
-    prepared: list[tuple[int, int, PreparedFace, float]] = []  # call, photo, face, align seconds
-    for call, item in enumerate(work):
-        for index, photo in enumerate(item.photos):
+    rows = protect_batch(
+        engine, [SubjectPhotos(item.photos, item.key) for item in work], should_stop=should_stop
+    )
+    outcomes: list[list[Outcome]] = []
+    for item, row in zip(work, rows, strict=True):
+        replies: list[Outcome] = []
+        for outcome in row:
+            if outcome.error is not None:
+                replies.append(outcome.error)
+                continue
+            assert outcome.prepared is not None and outcome.result is not None  # protected with its batch
             started = time.perf_counter()
-            try:
-                prepared.append((call, index, engine.prepare(photo), time.perf_counter() - started))
-            except FaceAnonyMixerError as error:
-                outcomes[call][index] = error
-    if prepared:
-        subjects = []
-        for call, item in enumerate(work):
-            faces = [face for owner, _, face, _ in prepared if owner == call]
-            if faces:
-                subjects.append(Subject(faces=faces, key=item.key))
-        started = time.perf_counter()
-        # results come subject by subject, face by face: the order of ``prepared``
-        results = [
-            result
-            for per_subject in engine.protect(subjects, should_stop=should_stop)
-            for result in per_subject
-        ]
-        optimise = (time.perf_counter() - started) / len(prepared)
-        for (call, index, face, align), result in zip(prepared, results, strict=True):
-            started = time.perf_counter()
-            options = work[call].options
-            pixels = result.photo if options.paste_back else result.face
+            options = item.options
+            pixels = outcome.result.photo if options.paste_back else outcome.result.face
             size = 0 if options.paste_back else options.output_size
             data = encode_image(pixels, options.image_format, size=size)
-            outcomes[call][index] = ProtectedPhoto(
-                data,
-                options.image_format,
-                face.chip.box,
-                {"align": align, "optimise": optimise, "encode": time.perf_counter() - started},
-            )
-    return [[outcome for outcome in row if outcome is not None] for row in outcomes]
+            timings = {
+                "align": outcome.align_seconds,
+                "optimise": outcome.optimise_seconds,
+                "encode": time.perf_counter() - started,
+            }
+            replies.append(ProtectedPhoto(data, options.image_format, outcome.prepared.chip.box, timings))
+        outcomes.append(replies)
+    return outcomes
 
 
 @dataclass

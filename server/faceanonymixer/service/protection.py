@@ -20,12 +20,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from faceanonymixer.engine.protection import FEATHER, PreparedFace, ProtectionEngine, StopCheck, Subject
+from faceanonymixer.engine.batch import SubjectPhotos, protect_batch
+from faceanonymixer.engine.protection import FEATHER, PreparedFace, ProtectionEngine, StopCheck
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.faces.alignment import AlignedFace, FaceBox, paste_back
 from faceanonymixer.faces.imageio import ImageInput, RGBImage, load_image
 from faceanonymixer.service.status import without_frames
-from faceanonymixer.utils.errors import FaceAnonyMixerError, InvalidImageError, ProtectionCancelledError
+from faceanonymixer.utils.errors import FaceAnonyMixerError, InvalidImageError
 
 #: output encodings by name, with the Pillow arguments that make them
 ENCODINGS: dict[str, tuple[str, dict[str, object]]] = {
@@ -89,67 +90,54 @@ def protect_photos(
     stats = stats if stats is not None else WorkStats()
     if before_work is not None:
         before_work()
-    prepared: list[tuple[int, PreparedFace, AlignedFace, float]] = []
-    outcomes: list[Outcome | None] = [None] * len(photos)
-    for index, photo in enumerate(photos):
-        if should_stop():  # alignment of a large photo takes a while: stop between photos
-            raise ProtectionCancelledError("protection cancelled")
-        started = time.perf_counter()
+
+    def prepare(photo: ImageInput) -> PreparedFace:
         try:
-            face, crop = _aligned_without_photo(engine, photo)
+            return _without_photo(engine.prepare(photo))
         except FaceAnonyMixerError as error:
-            if isinstance(error, InvalidImageError) and fields is not None:
-                error.field = fields[index]
-            outcomes[index] = without_frames(error)
-        else:
-            prepared.append((index, face, crop, time.perf_counter() - started))
-        stats.prepare_seconds += time.perf_counter() - started
-    if prepared:
+            # without the frames that hold the decoded photo, before the next photo is decoded
+            raise without_frames(error) from None
+
+    [row] = protect_batch(engine, [SubjectPhotos(photos, key)], prepare=prepare, should_stop=should_stop)
+    outcomes: list[Outcome] = []
+    for index, outcome in enumerate(row):
+        stats.prepare_seconds += outcome.align_seconds
+        if outcome.error is not None:
+            if isinstance(outcome.error, InvalidImageError) and fields is not None:
+                outcome.error.field = fields[index]
+            outcomes.append(without_frames(outcome.error))
+            continue
+        assert outcome.prepared is not None and outcome.result is not None  # protected with its batch
         started = time.perf_counter()
-        subject = Subject(faces=[face for _, face, _, _ in prepared], key=key)
-        [results] = engine.protect([subject], should_stop=should_stop)
-        optimise = (time.perf_counter() - started) / len(prepared)
-        for (index, _, crop, align), result in zip(prepared, results, strict=True):
-            started = time.perf_counter()
-            if options.paste_back:
-                data = encode_image(
-                    _pasted(photos[index], crop, result.face, engine), options.image_format, size=0
-                )
-            else:
-                data = encode_image(result.face, options.image_format, size=options.output_size)
-            encode = time.perf_counter() - started
-            outcomes[index] = ProtectedPhoto(
-                data,
-                options.image_format,
-                crop.box,
-                {"align": align, "optimise": optimise, "encode": encode},
-            )
-        stats.engine_seconds += time.perf_counter() - started + optimise * len(prepared)
-        stats.prepared += len(prepared)
-    return [outcome for outcome in outcomes if outcome is not None]
+        crop = outcome.prepared.crop
+        if options.paste_back:
+            pasted = _pasted(photos[index], crop, outcome.result.face, engine)
+            data = encode_image(pasted, options.image_format)
+        else:
+            data = encode_image(outcome.result.face, options.image_format, size=options.output_size)
+        encode = time.perf_counter() - started
+        timings = {"align": outcome.align_seconds, "optimise": outcome.optimise_seconds, "encode": encode}
+        outcomes.append(ProtectedPhoto(data, options.image_format, crop.box, timings))
+        stats.engine_seconds += outcome.optimise_seconds + encode
+        stats.prepared += 1
+    return outcomes
 
 
-def _aligned_without_photo(engine: ProtectionEngine, photo: ImageInput) -> tuple[PreparedFace, AlignedFace]:
-    """The engine's prepared face with a 32 x 32 stand-in for the photo (the decoded photo is
-    released when this returns), and the generator crop as aligned on the real photo."""
-    face = engine.prepare(photo)
-    crop = face.crop
+def _without_photo(face: PreparedFace) -> PreparedFace:
+    """The prepared face with a 32 x 32 stand-in for its photo, so that the decoded photo is
+    released at once; the engine's own paste-back then costs nothing (the reply pastes into the
+    photo decoded again, :func:`_pasted`)."""
     stand_in = np.zeros((_STAND_IN_SIDE, _STAND_IN_SIDE, 3), np.uint8)
-    slim = PreparedFace(
-        photo=stand_in,
-        chip=face.chip,
-        crop=replace(crop, source_size=(_STAND_IN_SIDE, _STAND_IN_SIDE)),
-        grid=face.grid,
-        decode_seconds=face.decode_seconds,
-        align_seconds=face.align_seconds,
-    )
-    return slim, crop
+    crop = replace(face.crop, source_size=(_STAND_IN_SIDE, _STAND_IN_SIDE))
+    return replace(face, photo=stand_in, crop=crop)
 
 
 def _pasted(photo: ImageInput, crop: AlignedFace, protected: RGBImage, engine: ProtectionEngine) -> RGBImage:
-    """The photo, decoded once more, with the protected face pasted back where it was cut."""
+    """The photo, decoded once more, with the protected face pasted back where it was cut (the
+    crop was made on this photo: its size is the decoded photo's)."""
     decoded = load_image(photo, limits=engine.aligner.limits)
-    return paste_back(decoded, crop, protected, feather=FEATHER)
+    placed = replace(crop, source_size=(decoded.shape[1], decoded.shape[0]))
+    return paste_back(decoded, placed, protected, feather=FEATHER)
 
 
 def encode_image(pixels: RGBImage, image_format: str, *, size: int = 0) -> bytes:
