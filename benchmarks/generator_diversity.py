@@ -5,8 +5,9 @@
 
 Protected faces of different people can only be as far apart, to a recognizer the engine never
 optimises through, as the generator's faces are. This measures that on the same photos and
-judges as ``judge_protection.py``, without any key or optimisation. Per photo, four images, each
-the face pasted back into the photo as the engine pastes a protected one:
+judges as ``judge_protection.py`` (the same selection options), without any key or
+optimisation. Per photo, four images, each the face pasted back into the photo as the engine
+pastes a protected one:
 
 ``unprotected``     the photo itself;
 ``crop``            the photo's own aligned crop at the generator's resolution (what resolution
@@ -18,7 +19,8 @@ the face pasted back into the photo as the engine pastes a protected one:
 
 Per judge and variant: impostor non-match (pairs of photos of different people) and genuine match
 (pairs of one person's photos), with their mean distances and the share of faces found; FaceNet's
-threshold is taken at ``--fmr`` of the unprotected impostor pairs, as in ``judge_protection.py``.
+threshold is taken at ``--fmr`` of the unprotected impostor pairs, as in ``judge_protection.py``
+(:mod:`faceanonymixer.evaluation.operating`).
 ``--state`` measures a ``models train-generator`` checkpoint instead of the profile's weights (its
 generator and encoder), e.g. to follow a training run.
 """
@@ -34,18 +36,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from judge_protection import (
-    add_selection_arguments,
-    embed_all,
-    fmr_threshold,
-    rate_entry,
-    selected_identities,
-)
+from judge_protection import add_selection_arguments, selection_config
 from PIL import Image
 
 from faceanonymixer.engine.protection import FEATHER, PreparedFace, ProtectionEngine
+from faceanonymixer.evaluation.harness import list_photos
 from faceanonymixer.evaluation.judges import load_judges
-from faceanonymixer.evaluation.pairs import pair_distances_between, unordered_pairs
+from faceanonymixer.evaluation.operating import operating_threshold, verification_rates
+from faceanonymixer.evaluation.pairs import faces_found, stack_embeddings
 from faceanonymixer.faces.alignment import paste_back
 from faceanonymixer.faces.imageio import RGBImage
 from faceanonymixer.models.dcgan import DCGANGenerator
@@ -105,18 +103,7 @@ def variant_images(
 def variant_measures(
     labels: Sequence[str], embeddings: np.ndarray, threshold: float | None
 ) -> dict[str, Any]:
-    found = np.isfinite(embeddings).all(axis=1)
-    impostor, impostor_skipped = pair_distances_between(
-        embeddings, embeddings, *unordered_pairs(labels, same=False)
-    )
-    genuine, genuine_skipped = pair_distances_between(
-        embeddings, embeddings, *unordered_pairs(labels, same=True)
-    )
-    return {
-        "found": float(found.mean()) if len(found) else None,
-        "impostor_nonmatch": rate_entry(impostor, threshold, kind="nonmatch", skipped=impostor_skipped),
-        "genuine_match": rate_entry(genuine, threshold, kind="match", skipped=genuine_skipped),
-    }
+    return {"found": faces_found(embeddings)["rate"], **verification_rates(labels, embeddings, threshold)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    chosen = selected_identities(args)
+    chosen = [(photo.label, photo.path) for photo in list_photos(selection_config(args))]
     engine = ProtectionEngine(args.profile)
     step = load_training_state(engine, args.state) if args.state else None
     labels, faces = [], []
@@ -154,10 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for judge in load_judges(args.judges.split(",")):
         judge_name = judge.name
-        embeddings = {name: embed_all(judge, images[name]) for name in VARIANTS}
-        threshold = judge.threshold
-        if threshold is None:
-            threshold, _ = fmr_threshold(labels, embeddings["unprotected"], args.fmr)
+        embeddings = {
+            name: stack_embeddings([judge.embed(image) for image in images[name]]) for name in VARIANTS
+        }
+        chosen_threshold = operating_threshold(judge_name, labels, embeddings["unprotected"], fmr=args.fmr)
+        threshold = chosen_threshold.threshold
         report["judges"][judge_name] = {
             "threshold": threshold,
             **{name: variant_measures(labels, embeddings[name], threshold) for name in VARIANTS},

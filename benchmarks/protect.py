@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import statistics
 import time
@@ -38,15 +39,14 @@ from faceanonymixer.engine.profiles import OptimisationConfig, get_profile
 from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, Subject
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.evaluation.judges import DlibJudge
-from faceanonymixer.evaluation.pairs import (
-    pair_distances_between,
-    same_identity_pairs,
-    stack_embeddings,
-    unordered_pairs,
-)
+from faceanonymixer.evaluation.operating import operating_measures
+from faceanonymixer.evaluation.pairs import faces_found, stack_embeddings
 from faceanonymixer.faces.datasets import list_identity_images
 from faceanonymixer.faces.imageio import RGBImage
 from faceanonymixer.utils.errors import FaceAnonyMixerError
+
+#: the rates of :func:`judge_rates`, in the order printed
+QUALITY_RATES = ("same_key_genuine_match", "original_vs_protected_nonmatch", "own_key_impostor_nonmatch")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -124,23 +124,16 @@ def protection_flops(run: Callable[[OptimisationConfig], object], config: Optimi
 def judge_rates(
     judge: DlibJudge, labels: list[str], originals: list[RGBImage], protected: list[RGBImage]
 ) -> dict[str, Any]:
-    """The engine issue's three rates over the protected photos (each under its person's key)."""
-    threshold = judge.threshold or 0.6
+    """The engine issue's three rates over the protected photos (each under its person's key), at
+    the judge's threshold: the judge protocol's (:mod:`faceanonymixer.evaluation.operating`)."""
     original = stack_embeddings([judge.embed(photo) for photo in originals])
     mine = stack_embeddings([judge.embed(photo) for photo in protected])
-
-    def rate(distances: np.ndarray, match: bool) -> dict[str, Any]:
-        share = float(np.mean(distances < threshold)) if len(distances) else float("nan")
-        return {"rate": share if match else 1.0 - share, "pairs": len(distances)}
-
-    genuine, _ = pair_distances_between(mine, mine, *unordered_pairs(labels, same=True))
-    anonymity, _ = pair_distances_between(mine, original, *same_identity_pairs(labels, diagonal="include"))
-    impostor, _ = pair_distances_between(mine, mine, *unordered_pairs(labels, same=False))
+    measures = operating_measures(labels, {"original": original, "A": mine}, judge.threshold)
     return {
-        "same_key_genuine_match": rate(genuine, True),
-        "original_vs_protected_nonmatch": rate(anonymity, False),
-        "own_key_impostor_nonmatch": rate(impostor, False),
-        "faces_found": int(np.count_nonzero(np.all(np.isfinite(mine), axis=1))),
+        "same_key_genuine_match": measures["same_key_genuine_match"],
+        "original_vs_protected_nonmatch": measures["anonymity"]["combined"],
+        "own_key_impostor_nonmatch": measures["own_key_impostor_nonmatch"],
+        "faces_found": faces_found(mine)["found"],
     }
 
 
@@ -214,10 +207,11 @@ def print_comparison(result: dict[str, Any], matmul: float) -> None:
             f"{name:20}{entry['seconds_per_face_p50']:11.2f}{entry['faces_per_second']:9.3f}"
             f"{entry['gflop_per_face']:11.1f}{entry['achieved_gflops']:9.1f}"
             f"{100 * entry['achieved_gflops'] / matmul:6.0f}"
-            f"{quality['same_key_genuine_match']['rate']:9.2f}"
-            f"{quality['original_vs_protected_nonmatch']['rate']:9.2f}"
-            f"{quality['own_key_impostor_nonmatch']['rate']:9.2f}"
-            f"{quality['faces_found']:>5}/{result['faces']}"
+            + "".join(
+                f"{math.nan if rate is None else rate:9.2f}"
+                for rate in (quality[rate_name]["rate"] for rate_name in QUALITY_RATES)
+            )
+            + f"{quality['faces_found']:>5}/{result['faces']}"
         )
     reference = result["reference"]["seconds_per_face_p50"]
     single = reference / result["engine_one_per_call"]["seconds_per_face_p50"]

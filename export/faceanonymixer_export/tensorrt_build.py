@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 from faceanonymixer.models.onnx import manifest as onnx_manifest
 from faceanonymixer.utils.errors import ModelFormatError
+from faceanonymixer.utils.files import file_sha256, write_atomic
 from faceanonymixer_export.tensorrt_common import (
     GpuIdentity,
     Precision,
@@ -234,14 +234,6 @@ def cache_paths(cache_dir: Path, model: str, key: EngineKey) -> tuple[Path, Path
     return cache_dir / f"{stem}.engine", cache_dir / f"{stem}.json"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cache_hit(engine: Path, sidecar: Path, key: EngineKey) -> bool:
     """A complete engine for this key: the sidecar (written last) names the key and the engine's hash."""
     try:
@@ -249,13 +241,6 @@ def _cache_hit(engine: Path, sidecar: Path, key: EngineKey) -> bool:
         return bool(meta.get("key") == key.digest and file_sha256(engine) == meta.get("engine_sha256"))
     except (OSError, ValueError):
         return False
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    # a crash or a concurrent build never leaves a half-written engine under the final name
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 # ---- building ----------------------------------------------------------------------------------
@@ -398,8 +383,10 @@ def build_engines(
             "build_seconds": round(seconds, 3),
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        _write_atomically(engine_path, data)
-        _write_atomically(sidecar_path, (json.dumps(sidecar, indent=2) + "\n").encode())
+        # a crash or a concurrent build never leaves a half-written engine under the final name;
+        # the sidecar goes last, as a cache hit is judged by it
+        write_atomic(engine_path, data)
+        write_atomic(sidecar_path, (json.dumps(sidecar, indent=2) + "\n").encode())
         records.append(
             EngineRecord(model.name, engine_path, sidecar_path, key.digest, choice.built, False, seconds)
         )

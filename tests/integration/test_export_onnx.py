@@ -132,7 +132,7 @@ def test_encoder_latents_and_generator_images_match_pytorch(
         z = torch.randn(3, engine.generator.z_dim, generator=torch.Generator().manual_seed(0))
         mapped = engine.generator.mapping(z)
     pairs = {
-        EMBEDDED.encoder: (crops, latents),
+        EMBEDDED.inverter: (crops, latents),
         f"{EMBEDDED.generator}.synthesis": (latents, images),
         f"{EMBEDDED.generator}.mapping": (z, mapped),
     }

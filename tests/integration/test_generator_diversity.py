@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def diversity() -> ModuleType:
-    load_script(BENCHMARKS / "judge_protection.py")  # imported by name, as when run from benchmarks/
+    load_script(BENCHMARKS / "judge_protection.py")  # its selection options, imported by name
     return load_script(BENCHMARKS / "generator_diversity.py")
 
 

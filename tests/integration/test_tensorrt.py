@@ -432,7 +432,7 @@ def test_builder_requests_profile_flags_and_serialisation(
     assert meta["onnx_sha256"] == hashlib.sha256(b"onnx bytes of the encoder").hexdigest()
     assert meta["engine_sha256"] == hashlib.sha256(b"serialized engine").hexdigest()
     assert meta["batch"] == [2, 4, 8] and meta["profile"]["image"]["opt"] == [4, 3, 64, 64]
-    assert not list((tmp_path / "cache").glob(".*partial"))
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
 
 
 def test_the_cache_is_reused_and_keyed(

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from faceanonymixer.models.e4e import E4EEncoder, Encoder4Editing, load_e4e, n_styles_for
-from faceanonymixer.models.weights import file_sha256
 from faceanonymixer.utils.errors import ModelFormatError
+from faceanonymixer.utils.files import file_sha256
 from unit.test_ir_se50 import Shapes, parameter_count, random_state, reference_trunk_shapes, shapes_of
 
 #: tiny steps: one torch thread (the shared fixture in conftest.py)

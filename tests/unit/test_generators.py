@@ -25,13 +25,9 @@ from faceanonymixer.models.dcgan import (
 )
 from faceanonymixer.models.generator_base import STYLEGAN2_WPLUS_LAYOUT, LatentLayout, LatentRole
 from faceanonymixer.models.generators import GENERATORS, load_generator
-from faceanonymixer.models.latent_encoder import (
-    LatentEncoder,
-    file_sha256,
-    load_latent_encoder,
-    save_latent_encoder,
-)
+from faceanonymixer.models.latent_encoder import LatentEncoder, load_latent_encoder, save_latent_encoder
 from faceanonymixer.utils.errors import ModelFormatError, NoFaceError
+from faceanonymixer.utils.files import file_sha256
 
 KEY, OPT, REAL = LatentRole.KEY, LatentRole.OPTIMISED, LatentRole.REAL
 

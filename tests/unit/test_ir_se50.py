@@ -25,8 +25,8 @@ from faceanonymixer.models.ir_se50 import (
     load_arcface_recognizer,
     load_ir_se50,
 )
-from faceanonymixer.models.weights import file_sha256
 from faceanonymixer.utils.errors import ModelFormatError
+from faceanonymixer.utils.files import file_sha256
 
 #: tiny steps: one torch thread (the shared fixture in conftest.py)
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""The model zoo against a local HTTP server: resumable pulls, SHA-256 pins, verify, model_path, CLI.
+"""The model zoo against a local HTTP server: pulls through pooch, SHA-256 pins, verify, model_path, CLI.
 
 Nothing here reaches the internet: each test serves its own bytes from a thread on 127.0.0.1 and
 points a temporary manifest at it.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import io
 import json
 import random
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pooch
 import pytest
 from typer.testing import CliRunner
 
@@ -46,27 +48,28 @@ from faceanonymixer.models.zoo import (
 
 PAYLOAD = random.Random(5).randbytes(300_000)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
-FAST = DownloadOptions(timeout=10, retries=3, backoff=0, progress=False)
+FAST = DownloadOptions(timeout=10, retries=3, backoff=0.25, progress=False)
 runner = CliRunner()
 
 
-# ---- a small HTTP server with Range support and scripted failures --------------------------------
+# ---- a small HTTP server with scripted failures --------------------------------------------------
 
 
 @dataclass
 class Served:
     body: bytes
-    #: "range" honours Range; "ignore-range" always answers 200 with the whole body; "html" a page
-    mode: str = "range"
+    #: "file", or "html": a sign-in page with status 200
+    mode: str = "file"
     #: the first ``drops`` requests stop after this many body bytes
     drop_after: int | None = None
     drops: int = 1
     #: how a dropped request ends: "close" (clean EOF) or "reset" (TCP RST)
     drop_how: str = "close"
-    #: answer with this HTTP error status instead
+    #: answer the first ``errors`` requests with this HTTP status instead
     error: int | None = None
-    #: announce this Content-Length instead of the true one
-    announced: int | None = None
+    errors: int = 1_000
+    #: seconds to wait before answering
+    stall: float = 0.0
 
 
 @dataclass
@@ -81,9 +84,6 @@ class Site:
     def sent(self, path: str) -> list[int]:
         return [request["sent"] for request in self.requests if request["path"] == f"/{path}"]
 
-    def ranges(self, path: str) -> list[str | None]:
-        return [request["range"] for request in self.requests if request["path"] == f"/{path}"]
-
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -97,17 +97,21 @@ class _Handler(BaseHTTPRequestHandler):
         record: dict[str, Any] = {
             "path": self.path,
             "range": self.headers.get("Range"),
+            "agent": self.headers.get("User-Agent"),
             "sent": 0,
             "status": 0,
         }
         site.requests.append(record)
         served = site.files.get(self.path)
-        if served is None or served.error is not None:
+        seen = sum(1 for r in site.requests if r["path"] == self.path)
+        if served is not None and served.stall:
+            time.sleep(served.stall)
+        if served is None or (served.error is not None and seen <= served.errors):
             record["status"] = served.error if served and served.error else 404
             self.send_error(record["status"])
             return
         if served.mode == "html":
-            page = b"<html><body>Google Drive can't scan this file for viruses.</body></html>"
+            page = b"\n<!DOCTYPE html><html><body>Google Drive cannot scan this file.</body></html>"
             record["status"] = 200
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -115,33 +119,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(page)
             return
-        start = 0
-        requested = self.headers.get("Range")
-        if requested and served.mode == "range":
-            start = int(requested.removeprefix("bytes=").removesuffix("-"))
-            if start >= len(served.body):
-                record["status"] = 416
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(served.body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        body = served.body[start:]
-        record["status"] = 206 if start else 200
-        self.send_response(record["status"])
+        record["status"] = 200
+        self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(served.announced or len(body)))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(served.body) - 1}/{len(served.body)}")
+        self.send_header("Content-Length", str(len(served.body)))
         self.end_headers()
-        dropped = sum(1 for r in site.requests if r["path"] == self.path) <= served.drops
-        if served.drop_after is not None and dropped:
-            self.wfile.write(body[: served.drop_after])
-            record["sent"] = min(served.drop_after, len(body))
+        if served.drop_after is not None and seen <= served.drops:
+            self.wfile.write(served.body[: served.drop_after])
+            record["sent"] = min(served.drop_after, len(served.body))
             self._drop(served.drop_how)
             return
-        self.wfile.write(body)
-        record["sent"] = len(body)
+        self.wfile.write(served.body)
+        record["sent"] = len(served.body)
 
     def _drop(self, how: str) -> None:
         self.close_connection = True
@@ -154,6 +143,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     site: Site
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up (a timeout test): no traceback on another test's stderr
 
 
 @pytest.fixture
@@ -168,6 +160,14 @@ def site() -> Iterator[Site]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses between retries, recorded instead of slept."""
+    slept: list[float] = []
+    monkeypatch.setattr(model_zoo, "time", SimpleNamespace(sleep=slept.append))  # this module's only
+    return slept
 
 
 def write_manifest(path: Path, models: dict[str, dict[str, Any]]) -> Path:
@@ -198,97 +198,159 @@ def one_model(tmp_path: Path, site: Site, **entry: Any) -> model_zoo.ZooModel:
     return find_model("m", load_manifest(manifest))
 
 
+def listing(folder: Path) -> list[str]:
+    """What a pull left in the models folder: pooch's temporary files would show here."""
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 # ---- pulling ------------------------------------------------------------------------------------
 
 
 def test_pull_downloads_verifies_and_then_finds_the_file_present(
-    tmp_path: Path, site: Site, models_dir: Path
+    tmp_path: Path, site: Site, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site.files["/m.bin"] = Served(PAYLOAD)
     model = one_model(tmp_path, site)
+    logger = pooch.get_logger()
+    level, logged = logger.level, io.StringIO()
+    for handler in logger.handlers:  # its handler holds the stderr of import time: look here instead
+        monkeypatch.setattr(handler, "stream", logged)
 
     result = pull_model(model, models_dir, options=FAST)
 
     assert result.action == "downloaded" and result.sha256 == DIGEST and result.url == site.url("m.bin")
     assert (models_dir / "m.bin").read_bytes() == PAYLOAD
-    assert not (models_dir / "m.bin.part").exists()
+    assert listing(models_dir) == ["m.bin"]  # pooch's temporary file is gone
+    assert site.requests[0]["agent"].startswith("faceanonymixer/")
+    assert logged.getvalue() == ""  # pooch's "Downloading data from ..." stays out of stderr
+    assert logger.level == level  # silenced only while it ran
     assert verify_model(model, models_dir).status is Status.OK
     again = pull_model(model, models_dir, options=FAST)
     assert again.action == "present" and len(site.requests) == 1
 
 
-def test_an_interrupted_transfer_resumes_with_a_range_request(
-    tmp_path: Path, site: Site, models_dir: Path
+def test_a_dropped_transfer_is_tried_again_from_the_first_byte(
+    tmp_path: Path, site: Site, models_dir: Path, sleeps: list[float]
 ) -> None:
     site.files["/m.bin"] = Served(PAYLOAD, drop_after=100_000)
     model = one_model(tmp_path, site)
 
     pull_model(model, models_dir, options=FAST)
 
-    assert site.ranges("m.bin") == [None, "bytes=100000-"]
-    assert site.sent("m.bin") == [100_000, 200_000]  # nothing sent twice
-    assert (models_dir / "m.bin").read_bytes() == PAYLOAD
+    assert site.sent("m.bin") == [100_000, len(PAYLOAD)]  # no Range resume: the whole file again
+    assert [request["range"] for request in site.requests] == [None, None]
+    assert sleeps == [0.25]
+    assert (models_dir / "m.bin").read_bytes() == PAYLOAD and listing(models_dir) == ["m.bin"]
 
 
-def test_a_reset_connection_resumes_too(tmp_path: Path, site: Site, models_dir: Path) -> None:
+def test_a_reset_connection_is_tried_again(
+    tmp_path: Path, site: Site, models_dir: Path, sleeps: list[float]
+) -> None:
     site.files["/m.bin"] = Served(PAYLOAD, drop_after=120_000, drop_how="reset")
     model = one_model(tmp_path, site)
 
     pull_model(model, models_dir, options=FAST)
 
-    ranges = site.ranges("m.bin")
-    assert ranges[0] is None and ranges[1] is not None and ranges[1] != "bytes=0-"
+    assert len(site.requests) == 2 and len(sleeps) == 1
     assert (models_dir / "m.bin").read_bytes() == PAYLOAD
 
 
-def test_a_server_that_ignores_range_restarts_from_zero(tmp_path: Path, site: Site, models_dir: Path) -> None:
-    site.files["/m.bin"] = Served(PAYLOAD, mode="ignore-range", drop_after=100_000)
-    model = one_model(tmp_path, site)
-
-    pull_model(model, models_dir, options=FAST)
-
-    assert site.ranges("m.bin") == [None, "bytes=100000-"]
-    assert [r["status"] for r in site.requests] == [200, 200]  # the whole body again: .part rewritten
-    assert (models_dir / "m.bin").read_bytes() == PAYLOAD
-
-
-def test_a_transfer_that_keeps_failing_gives_up_and_resumes_next_time(
-    tmp_path: Path, site: Site, models_dir: Path
+def test_a_transfer_that_keeps_failing_gives_up_and_leaves_nothing(
+    tmp_path: Path, site: Site, models_dir: Path, sleeps: list[float]
 ) -> None:
     site.files["/m.bin"] = Served(PAYLOAD, drop_after=50_000, drops=10)
     model = one_model(tmp_path, site)
 
-    with pytest.raises(ModelDownloadError, match="run the same command again to resume"):
-        pull_model(model, models_dir, options=DownloadOptions(retries=2, backoff=0, progress=False))
+    with pytest.raises(ModelDownloadError, match=r"IncompleteRead.*gave up after 2 retries"):
+        pull_model(model, models_dir, options=DownloadOptions(retries=2, backoff=1, progress=False))
 
-    assert (models_dir / "m.bin.part").stat().st_size == 150_000  # three attempts, each resumed
-    assert not (models_dir / "m.bin").exists()
+    assert len(site.requests) == 3 and sleeps == [1, 2]  # backoff doubles
+    assert listing(models_dir) == []  # no partial file, under any name
+
+
+def test_5xx_is_retried_404_is_not(tmp_path: Path, site: Site, models_dir: Path, sleeps: list[float]) -> None:
+    site.files["/busy.bin"] = Served(PAYLOAD, error=503, errors=2)
+    model = one_model(tmp_path, site, urls=[site.url("gone.bin"), site.url("busy.bin")])
+
+    result = pull_model(model, models_dir, options=FAST)
+
+    assert result.url == site.url("busy.bin")
+    assert [(r["path"], r["status"]) for r in site.requests] == [
+        ("/gone.bin", 404),
+        ("/busy.bin", 503),
+        ("/busy.bin", 503),
+        ("/busy.bin", 200),
+    ]
+    assert sleeps == [0.25, 0.5]
+
+
+def test_a_refused_connection_is_retried_an_unknown_host_is_not(
+    tmp_path: Path, models_dir: Path, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolve = socket.getaddrinfo
+
+    def offline_dns(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "no-such-host.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline_dns)
+    refused = f"http://127.0.0.1:{free_port()}/m.bin"
+    manifest = write_manifest(
+        tmp_path / "zoo.json", {"m": {"urls": ["http://no-such-host.invalid/m.bin", refused]}}
+    )
+    model = find_model("m", load_manifest(manifest))
+
+    with pytest.raises(ModelDownloadError) as raised:
+        pull_model(model, models_dir, options=DownloadOptions(retries=1, backoff=3, progress=False))
+
+    message = str(raised.value)
+    assert "no-such-host.invalid/m.bin: connection failed (" in message and "not known" in message
+    assert f"{refused}: connection failed (" in message and "gave up after 1 retries" in message
+    assert sleeps == [3]  # only the refused connection was tried again
+    assert listing(models_dir) == []
+
+
+def test_a_stalled_server_times_out(
+    tmp_path: Path, site: Site, models_dir: Path, sleeps: list[float]
+) -> None:
+    site.files["/m.bin"] = Served(PAYLOAD, stall=1.5)
+    model = one_model(tmp_path, site)
+
+    with pytest.raises(ModelDownloadError, match="timed out"):  # else it would wait, then succeed
+        pull_model(model, models_dir, options=DownloadOptions(timeout=0.3, retries=0, progress=False))
+
+    assert sleeps == [] and listing(models_dir) == []
+
+
+def test_a_wrong_hash_is_rejected_and_leaves_no_file(
+    tmp_path: Path, site: Site, models_dir: Path, sleeps: list[float]
+) -> None:
     site.files["/m.bin"] = Served(PAYLOAD)
-    pull_model(model, models_dir, options=FAST)
-    assert site.ranges("m.bin")[-1] == "bytes=150000-"
-    assert (models_dir / "m.bin").read_bytes() == PAYLOAD
+    other = hashlib.sha256(b"something else").hexdigest()
+    model = one_model(tmp_path, site, sha256=other)
 
-
-def test_a_wrong_hash_is_rejected_and_leaves_no_file(tmp_path: Path, site: Site, models_dir: Path) -> None:
-    site.files["/m.bin"] = Served(PAYLOAD)
-    model = one_model(tmp_path, site, sha256=hashlib.sha256(b"something else").hexdigest())
-
-    with pytest.raises(ModelIntegrityError, match="SHA-256 is " + DIGEST):
+    with pytest.raises(ModelIntegrityError, match=f"SHA-256 is {DIGEST}, expected {other}"):
         pull_model(model, models_dir, options=FAST)
 
-    assert sorted(p.name for p in models_dir.iterdir() if not p.name.endswith(".lock")) == []
+    assert listing(models_dir) == []
+    assert len(site.requests) == 1 and sleeps == []  # wrong bytes are not fetched again
 
 
-def test_a_wrong_announced_size_is_rejected_before_the_body(
-    tmp_path: Path, site: Site, models_dir: Path
-) -> None:
+def test_a_size_other_than_the_manifests_is_rejected(tmp_path: Path, site: Site, models_dir: Path) -> None:
     site.files["/m.bin"] = Served(PAYLOAD)
     model = one_model(tmp_path, site, size=len(PAYLOAD) + 1)
 
-    with pytest.raises(ModelIntegrityError, match=f"serves {len(PAYLOAD)} bytes"):
+    with pytest.raises(ModelIntegrityError, match=f"sent {len(PAYLOAD)} bytes, the manifest says"):
         pull_model(model, models_dir, options=FAST)
 
-    assert not (models_dir / "m.bin").exists() and not (models_dir / "m.bin.part").exists()
+    assert listing(models_dir) == []
 
 
 def test_mirrors_are_tried_in_order_after_a_404_and_an_html_page(
@@ -306,45 +368,58 @@ def test_mirrors_are_tried_in_order_after_a_404_and_an_html_page(
     assert [r["path"] for r in site.requests] == ["/gone.bin", "/drive.bin", "/mirror.bin"]
 
 
-def test_an_html_page_is_never_taken_for_the_file(tmp_path: Path, site: Site, models_dir: Path) -> None:
+def test_an_html_page_is_never_taken_for_the_file_even_on_trust(
+    tmp_path: Path, site: Site, models_dir: Path
+) -> None:
     site.files["/m.bin"] = Served(b"", mode="html")
-    model = one_model(tmp_path, site)
+    model = one_model(tmp_path, site, sha256=None, size=None)
 
     with pytest.raises(ModelDownloadError, match="HTML page"):
-        pull_model(model, models_dir, options=FAST)
+        pull_model(model, models_dir, trust_on_first_use=True, options=FAST, notify=print)
 
-    assert not (models_dir / "m.bin").exists() and not (models_dir / "m.bin.part").exists()
+    assert listing(models_dir) == []  # neither the page nor a pin of it
 
 
 def test_a_present_file_that_differs_is_kept_unless_forced(
     tmp_path: Path, site: Site, models_dir: Path
 ) -> None:
-    site.files["/m.bin"] = Served(PAYLOAD)
+    site.files["/m.bin"] = Served(PAYLOAD[:-1] + b"!")  # a mirror serving other bytes
     model = one_model(tmp_path, site)
     models_dir.mkdir()
-    (models_dir / "m.bin").write_bytes(PAYLOAD[::-1])
+    mine = PAYLOAD[::-1]
+    (models_dir / "m.bin").write_bytes(mine)
 
     with pytest.raises(ModelIntegrityError, match="--force"):
         pull_model(model, models_dir, options=FAST)
     assert site.requests == []
 
+    with pytest.raises(ModelIntegrityError, match="no URL gave the pinned file"):
+        pull_model(model, models_dir, force=True, options=FAST)
+    assert (models_dir / "m.bin").read_bytes() == mine  # replaced only by verified bytes
+
+    site.files["/m.bin"] = Served(PAYLOAD)
     assert pull_model(model, models_dir, force=True, options=FAST).action == "downloaded"
-    assert (models_dir / "m.bin").read_bytes() == PAYLOAD
-
-
-def test_a_second_pull_of_the_same_file_is_refused_while_one_runs(
-    tmp_path: Path, site: Site, models_dir: Path
-) -> None:
-    fcntl = pytest.importorskip("fcntl")
-    model = one_model(tmp_path, site)
-    models_dir.mkdir()
-    with (models_dir / "m.bin.lock").open("w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(ModelDownloadError, match="another process"):
-            pull_model(model, models_dir, options=FAST)
+    assert (models_dir / "m.bin").read_bytes() == PAYLOAD and listing(models_dir) == ["m.bin"]
 
 
 # ---- models without a published digest ----------------------------------------------------------
+
+
+def test_a_present_file_of_the_wrong_size_is_replaced_when_forced_without_a_digest(
+    tmp_path: Path, site: Site, models_dir: Path
+) -> None:
+    site.files["/m.bin"] = Served(PAYLOAD)
+    model = one_model(tmp_path, site, sha256=None)
+    models_dir.mkdir()
+    (models_dir / "m.bin").write_bytes(PAYLOAD[:1000])
+
+    with pytest.raises(ModelIntegrityError, match=f"expected {len(PAYLOAD)} bytes"):
+        pull_model(model, models_dir, trust_on_first_use=True, options=FAST)
+    result = pull_model(model, models_dir, trust_on_first_use=True, force=True, options=FAST, notify=print)
+
+    assert result.action == "downloaded" and result.sha256 == DIGEST
+    assert (models_dir / "m.bin").read_bytes() == PAYLOAD
+    assert json.loads((models_dir / "pins.json").read_text())["m.bin"]["sha256"] == DIGEST
 
 
 def test_an_unpinned_model_is_refused_before_any_download(
@@ -368,7 +443,8 @@ def test_trust_on_first_use_records_the_digest_loudly(tmp_path: Path, site: Site
 
     pins = json.loads((models_dir / "pins.json").read_text())
     assert pins["m.bin"]["sha256"] == DIGEST and pins["m.bin"]["how"] == "trust-on-first-use"
-    assert result.pinned_in == models_dir / "pins.json"
+    assert pins["m.bin"]["url"] == site.url("m.bin")
+    assert result.pinned_in == models_dir / "pins.json" and result.sha256 == DIGEST
     assert len(said) == 1 and "TRUSTED ON FIRST USE" in said[0] and DIGEST in said[0]
     check = verify_model(model, models_dir)
     assert check.status is Status.OK and check.pin_origin == "trust-on-first-use"
@@ -382,6 +458,7 @@ def test_sha256_option_pins_a_model_without_one(tmp_path: Path, site: Site, mode
 
     with pytest.raises(ModelIntegrityError):
         pull_model(model, models_dir, sha256="0" * 64, options=FAST)
+    assert not (models_dir / "pins.json").exists()
     pull_model(model, models_dir, sha256=DIGEST.upper(), options=FAST)
 
     assert json.loads((models_dir / "pins.json").read_text())["m.bin"]["how"] == "--sha256"
@@ -394,6 +471,7 @@ def test_sha256_option_never_overrides_the_manifest(tmp_path: Path, site: Site, 
         pull_model(model, models_dir, sha256="0" * 64, options=FAST)
     with pytest.raises(ModelZooError, match="not a SHA-256"):
         pull_model(model, models_dir, sha256="abc", options=FAST)
+    assert site.requests == []
 
 
 # ---- verify and model_path ----------------------------------------------------------------------
@@ -407,6 +485,7 @@ def test_verify_reports_ok_missing_mismatch_and_no_pin(tmp_path: Path, models_di
             "good": {"urls": url},
             "absent": {"urls": url},
             "bad": {"urls": url},
+            "short": {"urls": url},
             "unpinned": {"urls": url, "sha256": None},
         },
     )
@@ -414,6 +493,7 @@ def test_verify_reports_ok_missing_mismatch_and_no_pin(tmp_path: Path, models_di
     models_dir.mkdir()
     (models_dir / "good.bin").write_bytes(PAYLOAD)
     (models_dir / "bad.bin").write_bytes(PAYLOAD[::-1])
+    (models_dir / "short.bin").write_bytes(PAYLOAD[:-1])
     (models_dir / "unpinned.bin").write_bytes(PAYLOAD)
 
     statuses = {name: verify_model(model, models_dir) for name, model in models.items()}
@@ -422,9 +502,11 @@ def test_verify_reports_ok_missing_mismatch_and_no_pin(tmp_path: Path, models_di
         "good": Status.OK,
         "absent": Status.MISSING,
         "bad": Status.MISMATCH,
+        "short": Status.MISMATCH,
         "unpinned": Status.NO_PIN,
     }
     assert "faceanonymixer models pull absent" in statuses["absent"].detail
+    assert statuses["short"].detail == f"size is {len(PAYLOAD) - 1} bytes, expected {len(PAYLOAD)}"
     assert statuses["unpinned"].sha256 == DIGEST
 
 
@@ -454,18 +536,37 @@ def test_model_path_returns_the_verified_file_and_hashes_it_once(
     assert len(hashed) == 2
 
 
-def test_model_path_names_the_command_for_a_missing_file(
-    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_pulled_file_is_not_hashed_again_by_model_path(
+    tmp_path: Path, site: Site, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    manifest = write_manifest(tmp_path / "zoo.json", {"m": {"urls": ["https://example.invalid/m"]}})
+    site.files["/m.bin"] = Served(PAYLOAD)
+    manifest = write_manifest(tmp_path / "zoo.json", {"m": {"urls": [site.url("m.bin")]}})
+    pull_model(find_model("m", load_manifest(manifest)), models_dir, options=FAST)
+    hashed: list[str] = []
+    monkeypatch.setattr(model_zoo, "file_sha256", lambda path: hashed.append(path) or "0" * 64)
+
+    assert model_path("m", models_dir, manifest=manifest) == models_dir / "m.bin"
+    assert hashed == []  # pooch checked the digest before moving the file into place
+
+
+def test_model_path_works_offline_and_names_the_command_for_a_missing_file(
+    tmp_path: Path, site: Site, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.files["/m.bin"] = Served(PAYLOAD)
+    manifest = write_manifest(tmp_path / "zoo.json", {"m": {"urls": [site.url("m.bin")]}})
     with pytest.raises(ModelMissingError, match="run `faceanonymixer models pull m`"):
         model_path("m", models_dir, manifest=manifest)
+    assert site.requests == []  # a loader never downloads
     monkeypatch.setenv(model_zoo.MANIFEST_ENV, str(manifest))
     monkeypatch.setenv(model_zoo.MODELS_DIR_ENV, str(models_dir))
     with pytest.raises(ModelMissingError):
         model_path("m")  # manifest and models dir from the environment
     with pytest.raises(UnknownModelError, match="the zoo has: m"):
         model_path("nope")
+    models_dir.mkdir()
+    (models_dir / "m.bin").write_bytes(PAYLOAD)
+    assert model_path("m") == models_dir / "m.bin"
+    assert site.requests == []
 
 
 def test_default_models_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -540,6 +641,7 @@ def test_cli_list_pull_verify(tmp_path: Path, site: Site, models_dir: Path) -> N
     pulled = _cli("pull", "m", *where, "--no-progress")
     assert pulled.exit_code == 0, pulled.output
     assert pulled.stdout.split()[:2] == ["downloaded", "m"] and DIGEST in pulled.stdout
+    assert pulled.stderr == ""  # pooch's log lines stay out of the command's output
 
     checked = _cli("verify", "m", *where, "--json")
     assert checked.exit_code == 0, checked.output
@@ -594,7 +696,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path: Path, site: Site, models_
             and result.stderr.startswith("error: ")
             and message in result.stderr
         )
-    assert not (models_dir / "wrong.bin").exists()
+    assert listing(models_dir) == []
 
     trusted = _cli("pull", "loose", "--trust-on-first-use", *where)
     assert trusted.exit_code == 0, trusted.output

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
@@ -16,11 +18,13 @@ from faceanonymixer_client.errors import FaceAnonyMixerError, error_from_rpc, er
 #: exit code of a path that is missing or not a folder (a bad argument)
 _BAD_PATH_EXIT = 2
 
+_Result = TypeVar("_Result")
+
 
 @contextmanager
 def one_line_errors(as_json: bool = False) -> Iterator[None]:
     """Typed errors (the engine's, and a server's refusals) end the command with the exit code of
-    ARCHITECTURE.md's table and one line on stderr naming the input they are about; with
+    docs/errors.md's table and one line on stderr naming the input they are about; with
     ``as_json``, ``{"error": {"code", "reason", "message", "input"}}`` on stdout instead."""
     try:
         yield
@@ -83,3 +87,42 @@ ThreadsOption = Annotated[
         "Default: FACEANONYMIXER_THREADS, else 0.",
     ),
 ]
+
+
+def options_from(
+    builder: Callable[..., Any], name: str
+) -> Callable[[Callable[..., _Result]], Callable[..., _Result]]:
+    """Options declared once, as the parameters of ``builder``, for every command that wants them.
+
+    The decorated command lists ``builder``'s parameters (names, annotations, defaults) where its
+    own parameter ``name`` stands, so usage, help and the order of options are as if written out
+    in it, and they follow the command's name on the command line (a group callback's would come
+    before it); the command is called with ``name=builder(**those options)``. A builder may itself
+    be decorated, to nest one set of options in another.
+    """
+    gathered = inspect.signature(builder, eval_str=True).parameters
+
+    def decorate(command: Callable[..., _Result]) -> Callable[..., _Result]:
+        signature = inspect.signature(command, eval_str=True)
+        stands = signature.parameters[name]
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.name == name:
+                parameters.extend(option.replace(kind=stands.kind) for option in gathered.values())
+            else:
+                parameters.append(parameter)
+
+        @functools.wraps(command)
+        def with_options(**options: Any) -> _Result:
+            built = builder(**{option: options.pop(option) for option in gathered})
+            return command(**options, **{name: built})
+
+        # typer reads the parameters from the signature and resolves them with the annotations
+        with_options.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        with_options.__annotations__ = {
+            **{parameter.name: parameter.annotation for parameter in parameters},
+            "return": signature.return_annotation,
+        }
+        return with_options
+
+    return decorate

@@ -17,15 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from google.protobuf import json_format
 
-from faceanonymixer.cli.common import emit, one_line_errors
-from faceanonymixer.cli.remote import (
-    Remote,
-    ServerOption,
-    TlsCaOption,
-    TlsCertOption,
-    TlsKeyOption,
-    TokenOption,
-)
+from faceanonymixer.cli.common import emit, one_line_errors, options_from
+from faceanonymixer.cli.remote import Remote, remote_options
 from faceanonymixer_proto.v1 import keys_pb2, keys_pb2_grpc
 
 if TYPE_CHECKING:
@@ -102,17 +95,15 @@ def _local_store(keystore: str | None, config: Path | None) -> Iterator[tuple[Ke
         yield store, settings
 
 
-def _target(
-    server: str | None,
-    token: str | None,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    keystore: str | None,
-    tenant: str,
-    config: Path | None,
+@options_from(remote_options, "remote")
+def _key_target(
+    remote: Remote | None,
+    keystore: KeystoreOption = None,
+    tenant: TenantOption = "default",
+    config: ConfigOption = None,
 ) -> KeyTarget:
-    remote = None if server is None else Remote(server, token, tls_ca, tls_cert, tls_key)
+    """The connection options of ``create``, ``revoke``, ``get`` and ``list``, declared once here:
+    ``--server`` and its credentials (``remote_options``), else the local store's."""
     return KeyTarget(remote, keystore, tenant, config)
 
 
@@ -132,43 +123,33 @@ def _render_key(key: keys_pb2.Key) -> None:
 
 
 @keys_app.command()
+@options_from(_key_target, "target")
 def create(
     subject: Annotated[str, typer.Option(help="Your identifier of the person the key is for.")],
     label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE annotation (repeatable).")] = None,
     profile: Annotated[str, typer.Option(help="Model profile to bind the key to.")] = "",
-    server: ServerOption = None,
-    token: TokenOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-    keystore: KeystoreOption = None,
-    tenant: TenantOption = "default",
-    config: ConfigOption = None,
+    *,
+    target: KeyTarget,
     as_json: JsonOption = False,
 ) -> None:
     """Create a key (version 1) for a subject."""
     labels = _parse_labels(label or [])
     request = keys_pb2.CreateKeyRequest(subject=subject, labels=labels, profile_id=profile)
-    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls(as_json) as call:
+    with target.calls(as_json) as call:
         key = call("CreateKey", request).key
         emit(as_json, key_dict(key), lambda: _render_key(key))
 
 
 @keys_app.command()
+@options_from(_key_target, "target")
 def revoke(
     key_id: Annotated[str, typer.Argument(help="The key to revoke.")],
-    server: ServerOption = None,
-    token: TokenOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-    keystore: KeystoreOption = None,
-    tenant: TenantOption = "default",
-    config: ConfigOption = None,
+    *,
+    target: KeyTarget,
     as_json: JsonOption = False,
 ) -> None:
     """Revoke a key; prints its replacement (a new key id, the next version)."""
-    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls(as_json) as call:
+    with target.calls(as_json) as call:
         reply = call("RevokeKey", keys_pb2.RevokeKeyRequest(key_id=key_id))
         payload = {**key_dict(reply.replacement_key), "revoked_key": key_dict(reply.revoked_key)}
 
@@ -180,36 +161,26 @@ def revoke(
 
 
 @keys_app.command()
+@options_from(_key_target, "target")
 def get(
     key_id: Annotated[str, typer.Argument(help="The key to show.")],
-    server: ServerOption = None,
-    token: TokenOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-    keystore: KeystoreOption = None,
-    tenant: TenantOption = "default",
-    config: ConfigOption = None,
+    *,
+    target: KeyTarget,
     as_json: JsonOption = False,
 ) -> None:
     """Show one key."""
-    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls(as_json) as call:
+    with target.calls(as_json) as call:
         key = call("GetKey", keys_pb2.GetKeyRequest(key_id=key_id)).key
         emit(as_json, key_dict(key), lambda: _render_key(key))
 
 
 @keys_app.command("list")
+@options_from(_key_target, "target")
 def list_keys(
     state: Annotated[str | None, typer.Option(help="Only keys in this state: active or revoked.")] = None,
     subject: Annotated[str | None, typer.Option(help="Only the keys of this subject.")] = None,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-    keystore: KeystoreOption = None,
-    tenant: TenantOption = "default",
-    config: ConfigOption = None,
+    *,
+    target: KeyTarget,
     as_json: JsonOption = False,
 ) -> None:
     """List keys (every page)."""
@@ -218,7 +189,7 @@ def list_keys(
     wanted = _STATE_NAMES.get(state or "", keys_pb2.KEY_STATE_UNSPECIFIED)
     request = keys_pb2.ListKeysRequest(page_size=500, state=wanted, subject=subject or "")
     keys: list[keys_pb2.Key] = []
-    with _target(server, token, tls_ca, tls_cert, tls_key, keystore, tenant, config).calls(as_json) as call:
+    with target.calls(as_json) as call:
         while True:
             page = call("ListKeys", request)
             keys.extend(page.keys)

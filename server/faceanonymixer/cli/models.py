@@ -425,20 +425,26 @@ def pull_command(
             f"in {PINS_FILE} next to the models, and hold the file to it from then on.",
         ),
     ] = False,
-    force: Annotated[bool, typer.Option(help="Download again even if the file is present.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace a present file that differs from its pin (kept otherwise).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr (on a terminal).")] = True,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds a connection or read may stall.")] = 60.0,
     retries: Annotated[
-        int, typer.Option(min=0, help="Resumed retries per URL after a dropped connection.")
+        int,
+        typer.Option(
+            min=0, help="Retries per URL after a timeout, a dropped connection or HTTP 5xx (each from zero)."
+        ),
     ] = 5,
     models_dir: ModelsDirOption = None,
     manifest: ManifestOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Download models, resuming interrupted transfers, and verify each against its SHA-256 pin.
+    """Download models and verify each against its SHA-256 pin.
 
-    URLs are tried in the manifest's order (the authors' first, mirrors after). A file is renamed into
-    place only after its size and SHA-256 match; wrong bytes are deleted. Exit 2 on any failure.
+    URLs are tried in the manifest's order (the authors' first, mirrors after). A file is moved into
+    place only after its size and SHA-256 match; wrong bytes are deleted, and an interrupted transfer
+    starts again from zero. Exit 2 on any failure.
     """
     with one_line_errors(as_json):
         from faceanonymixer.models.zoo import DownloadOptions, pull_models, resolve_models_dir
@@ -465,7 +471,8 @@ _LABELS = {"ok": "ok", "missing": "MISSING", "mismatch": "MISMATCH", "no pin": "
 
 
 def _committed_results(names: list[str] | None) -> dict[str, dict[str, object]]:
-    from faceanonymixer.models.weights import committed_weights, file_sha256
+    from faceanonymixer.models.weights import committed_weights
+    from faceanonymixer.utils.files import file_sha256
 
     results: dict[str, dict[str, object]] = {}
     for name, entry in committed_weights().items():

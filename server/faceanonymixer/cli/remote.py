@@ -1,5 +1,6 @@
-"""Talking to a running server from the command line: the connection options. Its refusals become
-the SDK's typed errors, printed by ``cli_common.one_line_errors`` with the table's exit codes."""
+"""Talking to a running server from the command line: the connection options (declared once, as
+:func:`remote_options`'s parameters). Its refusals become the SDK's typed errors, printed by
+``cli.common.one_line_errors`` with the exit codes of docs/errors.md's table."""
 
 from __future__ import annotations
 
@@ -56,3 +57,15 @@ class Remote:
             return TlsConfig.from_files(self.tls_ca, self.tls_cert, self.tls_key)
         except ValueError:
             raise typer.BadParameter("--tls-cert and --tls-key go together") from None
+
+
+def remote_options(
+    server: ServerOption = None,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+) -> Remote | None:
+    """The options that name a server, for ``cli.common.options_from``: the server they
+    name, or ``None`` (work locally) without ``--server``."""
+    return None if server is None else Remote(server, token, tls_ca, tls_cert, tls_key)

@@ -5,8 +5,8 @@ A profile id never changes: it is part of every key's derivation. What a profile
 digest of the settings, the registry names and the SHA-256 of every weight file the profile
 loads. A key records the revision it was made under; a server protects only under revisions it
 serves (the current one, plus the profile's entries in :data:`ARCHIVED_PROFILES`), so an upgrade
-never silently changes the faces of keys enrolled before it (``docs/security.md``, "Profile
-revisions").
+never silently changes the faces of keys enrolled before it (docs/security.md; the decision:
+docs/decisions/2026-12-07-service-hardening.md).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from faceanonymixer.utils.files import file_sha256
 
 
 @dataclass(frozen=True)
@@ -139,13 +141,11 @@ class Profile:
     identity_basis: str | None = None
 
 
-#: The DCGAN's first feature map moves too little in 50 steps at the published lr of 0.01 (tuned for
-#: StyleGAN2's W+). The DCGAN also reaches its targets only part of the way, always from the same
-#: side, so protected faces of different people crowd together (impostor distance 0.62 against
-#: 0.87 for real faces); aiming farther from the centre restores the spread. Measured with dlib's
-#: C++ judge, own-key impostor non-match / same-key genuine match: gain 1 0.58 / 1.00, 1.75
-#: 0.956 / 1.00, 2.25 0.996 / 1.00 (deepface + fr_examples, 17 people); on 8 lfw people x 2 photos
-#: genuine match fell to 0.86 at 2.0 and 0.75 at 2.5 (docs/decisions/2026-11-25-digiface-target-gain.md).
+#: The first engine, on the DigiFace DCGAN. lr 0.05: the published 0.01 (tuned for StyleGAN2's W+)
+#: moves the DCGAN's first feature map too little in 50 steps. target_gain 2.25: the DCGAN reaches
+#: its targets only part of the way, so protected faces of different people crowd together unless
+#: the targets lie farther from the centre, and a larger gain costs genuine matches.
+#: docs/decisions/2026-11-25-digiface-target-gain.md.
 EMBEDDED_DIGIFACE = Profile(
     profile_id="embedded-digiface",
     generator="digiface-dcgan",
@@ -193,11 +193,10 @@ EMBEDDED_LFW_STATS = replace(
 #: research data, see the weights manifest): the identity mean and principal axes
 #: ("dlib-identity-diverse-*") and the identity-to-code map ("lfw-dcgan-diverse-identity-code"). The
 #: LFW-only mean put Black and Asian women far from the centre, where their targets crowded
-#: together under a shared key. The target also keeps each photo's identity along the top 2
-#: principal axes, where groups (gender, skin tone, age) differ most, and the key rotates the
-#: identity inside the next 48 (kept_axes 2, source_axes 50): people of one group are spread by
-#: the key instead of drawn towards one region, at a cost in unlinkability (4 axes kept more of
-#: both). Measured per group on utk_dev and on lfw, 0, 2 and 4 axes:
+#: together under a shared key. The target also keeps each photo's identity along the top
+#: principal axes (kept_axes), where groups (gender, skin tone, age) differ most, and the key
+#: rotates the identity inside the next ones: people of one group are spread by the key instead of
+#: drawn towards one region, at a cost in unlinkability.
 #: docs/decisions/2026-12-07-diverse-statistics-and-kept-axes.md.
 EMBEDDED = replace(
     EMBEDDED_LFW_STATS,
@@ -388,8 +387,5 @@ def _package_file_digest(package: str, relative: str) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    # size and mtime only key the cache: a file changed in place is hashed again
+    return file_sha256(path)

@@ -42,6 +42,7 @@ from faceanonymixer.engine.identity_target import (
 from faceanonymixer.engine.profiles import OptimisationConfig, Profile, get_profile
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.faces.alignment import (
+    DEFAULT_PADDING,
     AlignedFace,
     FaceAligner,
     crop_to_template,
@@ -198,11 +199,12 @@ class ProtectionEngine:
         photo = load_image(image, limits=self.aligner.limits)
         decoded = time.perf_counter()
         size = self.generator.image_size
+        chip_size = self.recognizer.input_size[0]
         if self.profile.alignment == "ffhq":
-            chip = self.aligner.align(photo, size=self.recognizer.input_size[0], style="ffhq")
+            chip = self.aligner.align_decoded(photo, chip_size, DEFAULT_PADDING["ffhq"], style="ffhq")
             crop_pixels, crop_transform = ffhq_crop(photo, chip.landmarks, size)
         else:
-            chip = self.aligner.align(photo, size=self.recognizer.input_size[0])
+            chip = self.aligner.align_decoded(photo, chip_size, DEFAULT_PADDING["dlib"], style="dlib")
             template = self.generator.require_landmark_template()
             crop_pixels, crop_transform = crop_to_template(photo, chip.landmarks, template, size)
         crop = AlignedFace(

@@ -24,6 +24,8 @@ quality targets are stated):
     group of one photo per person (no genuine pairs).
 
 Each rate comes with its number of pairs; pairs with a face the judge did not find are left out.
+The rates are those of :func:`faceanonymixer.evaluation.operating.operating_measures` (the judge
+protocol's, there with their mean distances and more splits) over the group's photos.
 """
 
 from __future__ import annotations
@@ -33,23 +35,24 @@ from typing import Any
 
 import numpy as np
 
-from faceanonymixer.evaluation.pairs import pair_distances_between, same_identity_pairs, unordered_pairs
+from faceanonymixer.evaluation.operating import measure_entry, operating_measures
+from faceanonymixer.evaluation.pairs import faces_found
 
 #: the fewest photos a cell needs to be named the worst (smaller cells are listed, not ranked,
 #: unless no cell is that big: a small slice then ranks all of its cells)
 WORST_CELL_MIN_COUNT = 10
 
-#: (measure, left setting, right setting, pair kind, True = counts matches)
-_RATES: tuple[tuple[str, str, str, str, bool], ...] = (
-    ("unprotected_impostor_nonmatch", "original", "original", "impostor", False),
-    ("shared_key_impostor_nonmatch", "S", "S", "impostor", False),
-    ("own_key_impostor_nonmatch", "A", "A", "impostor", False),
-    ("anonymity", "A", "original", "every", False),
-    ("cross_key_nonmatch", "A", "B", "every", False),
-    ("unprotected_genuine_match", "original", "original", "genuine", True),
-    ("same_key_genuine_match", "A", "A", "genuine", True),
-    ("shared_key_genuine_match", "S", "S", "genuine", True),
-)
+#: measure -> its rate in :func:`faceanonymixer.evaluation.operating.operating_measures`
+_RATES: dict[str, tuple[str, ...]] = {
+    "unprotected_impostor_nonmatch": ("unprotected", "impostor_nonmatch"),
+    "shared_key_impostor_nonmatch": ("shared_key_impostor_nonmatch",),
+    "own_key_impostor_nonmatch": ("own_key_impostor_nonmatch",),
+    "anonymity": ("anonymity", "combined"),
+    "cross_key_nonmatch": ("cross_key_nonmatch", "combined"),
+    "unprotected_genuine_match": ("unprotected", "genuine_match"),
+    "same_key_genuine_match": ("same_key_genuine_match",),
+    "shared_key_genuine_match": ("shared_key_genuine_match",),
+}
 #: the unprotected rate shown beside each impostor measure
 UNPROTECTED_OF = {
     "shared_key_impostor_nonmatch": "unprotected_impostor_nonmatch",
@@ -66,27 +69,21 @@ def group_rates(
 
     ``embeddings`` maps "original", "A", "B", "S" to (n, d) rows aligned with ``labels``.
     """
-    pairs = {
-        "impostor": unordered_pairs(labels, same=False),
-        "genuine": unordered_pairs(labels, same=True),
-        "every": same_identity_pairs(labels, diagonal="include"),
-    }
+    measures = operating_measures(labels, embeddings, threshold)
     result: dict[str, Any] = {"threshold": threshold}
     counts: dict[str, int] = {}
-    for name, left, right, kind, matching in _RATES:
-        if left not in embeddings or right not in embeddings:
-            continue
-        distances, _ = pair_distances_between(embeddings[left], embeddings[right], *pairs[kind])
-        matched = float(np.mean(distances < threshold)) if len(distances) else None
-        result[name] = matched if matched is None or matching else 1.0 - matched
-        counts[name] = len(distances)
+    for name, path in _RATES.items():
+        entry = measure_entry(measures, path)
+        if entry is not None:
+            result[name] = entry["rate"]
+            counts[name] = entry["pairs"]
     result["pairs"] = counts
     return result
 
 
 def detection_rate(rows: np.ndarray) -> float | None:
     """Share of rows that are not NaN (the judge found the face)."""
-    return float(np.mean(np.all(np.isfinite(rows), axis=1))) if len(rows) else None
+    return faces_found(rows)["rate"]
 
 
 def cell_table(

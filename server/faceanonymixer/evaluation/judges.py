@@ -34,7 +34,10 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from faceanonymixer.utils.registry import Registry
+
 __all__ = [
+    "JUDGES",
     "DlibJudge",
     "FaceNetJudge",
     "Judge",
@@ -181,33 +184,31 @@ class FaceNetJudge:
         return output / norm
 
 
-_JUDGES: dict[str, Callable[[], Judge]] = {"dlib": DlibJudge, "facenet": FaceNetJudge}
+JudgeFactory = Callable[[], Judge]
+
+JUDGES: Registry[JudgeFactory] = Registry("judge", {"dlib": DlibJudge, "facenet": FaceNetJudge})
 
 
 def available_judges() -> list[str]:
-    return sorted(_JUDGES)
-
-
-def _check_names(names: Sequence[str]) -> None:
-    unknown = [name for name in names if name not in _JUDGES]
-    if unknown:
-        raise ValueError(
-            f"unknown judge(s) {', '.join(map(repr, unknown))}; available: {', '.join(available_judges())}"
-        )
+    return JUDGES.names()
 
 
 def load_judges(names: Sequence[str]) -> list[Judge]:
-    """Build the named judges, in order. Raises ValueError for an unknown name."""
+    """Build the named judges, in order. Raises ValueError naming every unknown name before any
+    judge loads its models."""
     if isinstance(names, str):
         names = [names]
-    _check_names(names)
-    return [_JUDGES[name]() for name in names]
+    unknown = [name for name in names if name not in JUDGES]
+    if unknown:
+        raise ValueError(
+            f"unknown judge(s) {', '.join(map(repr, unknown))}; available: {', '.join(JUDGES.names())}"
+        )
+    return [JUDGES.factory(name)() for name in names]
 
 
 def published_threshold(name: str) -> float | None:
     """A judge's own threshold (None: callers derive one), without loading its models."""
-    _check_names([name])
-    threshold: float | None = getattr(_JUDGES[name], "threshold", None)
+    threshold: float | None = getattr(JUDGES.factory(name), "threshold", None)
     return threshold
 
 

@@ -53,7 +53,12 @@ from faceanonymixer.evaluation.metrics import (
     score_summary,
     unlinkability,
 )
-from faceanonymixer.evaluation.pairs import pair_distances_between, same_identity_pairs, unordered_pairs
+from faceanonymixer.evaluation.pairs import (
+    faces_found,
+    pair_distances_between,
+    same_identity_pairs,
+    unordered_pairs,
+)
 
 FMRS = (1e-2, 1e-3)
 
@@ -179,17 +184,12 @@ def judge_measures(
         },
         "distances": {name: score_summary(score.distances) for name, score in sets.items()},
         "detection": {
-            setting: _detection(embeddings[setting])
+            setting: faces_found(embeddings[setting])
             for setting in embeddings
             if setting == "original" or setting.startswith(prefix)
         },
     }
     return JudgeMeasures(report, sets, thresholds, linkage)
-
-
-def _detection(rows: np.ndarray) -> dict[str, Any]:
-    found = int(np.count_nonzero(np.all(np.isfinite(rows), axis=1)))
-    return {"found": found, "total": len(rows), "rate": found / len(rows) if len(rows) else None}
 
 
 def learned_attack(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,6 +48,7 @@ __all__ = [
     "fmr_key",
     "fmr_thresholds",
     "match_rate",
+    "rate_entry",
     "score_summary",
     "unlinkability",
 ]
@@ -94,6 +96,28 @@ def match_rate(distances: np.ndarray, threshold: float) -> float | None:
     if math.isnan(threshold):
         raise ValueError("threshold must not be nan")
     return float(np.mean(values < threshold)) if values.size else None
+
+
+def rate_entry(
+    distances: np.ndarray,
+    threshold: float | None,
+    *,
+    kind: Literal["match", "nonmatch"],
+    skipped: int = 0,
+) -> dict[str, Any]:
+    """One rate of a protocol table: the share of pairs that match (``kind`` "match") or do not
+    ("nonmatch") at ``threshold``, with the number of pairs, the pairs left out (``skipped``: a face
+    not found) and the mean distance. ``rate`` is None without pairs or without a threshold."""
+    values = _scores(distances, "distances", allow_empty=True)
+    matched = match_rate(values, threshold) if threshold is not None else None
+    rate = matched if matched is None or kind == "match" else 1.0 - matched
+    return {
+        "rate": rate,
+        "kind": kind,
+        "pairs": int(values.size),
+        "skipped": skipped,
+        "mean_distance": float(np.mean(values)) if values.size else None,
+    }
 
 
 def fmr_key(fmr: float) -> str:

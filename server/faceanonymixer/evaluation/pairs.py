@@ -63,3 +63,10 @@ def pair_distances_between(
     distances = np.linalg.norm(left[first] - right[second], axis=1)
     present = np.isfinite(distances)
     return distances[present], int(np.count_nonzero(~present))
+
+
+def faces_found(rows: np.ndarray) -> dict[str, int | float | None]:
+    """``{"found", "total", "rate"}``: the rows that are not NaN (a judge found the face) among all;
+    ``rate`` is None without rows."""
+    found = int(np.count_nonzero(np.all(np.isfinite(rows), axis=1)))
+    return {"found": found, "total": len(rows), "rate": found / len(rows) if len(rows) else None}

@@ -3,7 +3,8 @@
 Figures are built with ``matplotlib.figure.Figure`` on a ``FigureCanvasAgg``, never with
 ``matplotlib.pyplot``: no global figure manager, no GUI backend, so the functions run headless
 and from several threads at once (each call owns its figure). Every function writes one PNG
-atomically (a temporary file in the same folder, then ``os.replace``) and returns its path.
+atomically (``utils.files.write_atomic_with``: a temporary file in the same folder, then a
+rename) and returns its path.
 
 DET plots put both error rates on the normal-deviate scale, x -> Phi^-1(x) with Phi the standard
 normal CDF, as in NIST's DET curves (Martin et al., Eurospeech 1997): two normal score
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from statistics import NormalDist
@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from faceanonymixer.evaluation.metrics import Unlinkability, det_curve_points, eer
+from faceanonymixer.utils.files import write_atomic_with
 
 __all__ = ["cell_rates_plot", "det_plot", "image_grid", "score_histograms", "unlinkability_plot"]
 
@@ -60,23 +61,12 @@ _HISTOGRAM_BINS = 50
 PathLike = str | os.PathLike[str]
 
 
-def _write_atomically(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write`` on a temporary file beside ``path``, then rename it onto ``path``."""
+def _write_png(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, then rename it onto ``path``; the folder
+    is made first, as callers name figures inside report folders that may not exist yet."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # same folder, so os.replace is a rename on one file system: readers never see half a PNG
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide the figure from others
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic_with(target, write)
 
 
 def _new_figure(width: float = 7.0, height: float = 5.0) -> Figure:
@@ -86,7 +76,7 @@ def _new_figure(width: float = 7.0, height: float = 5.0) -> Figure:
 
 
 def _save_figure(figure: Figure, path: PathLike) -> Path:
-    return _write_atomically(path, lambda handle: figure.savefig(handle, format="png"))
+    return _write_png(path, lambda handle: figure.savefig(handle, format="png"))
 
 
 def _finite_scores(values: Any, name: str) -> np.ndarray:
@@ -322,7 +312,7 @@ def image_grid(
                 continue
             picture = _fit(image, cell)
             canvas.paste(picture, (left + (cell - picture.width) // 2, top + (cell - picture.height) // 2))
-    return _write_atomically(path, lambda handle: canvas.save(handle, format="PNG"))
+    return _write_png(path, lambda handle: canvas.save(handle, format="PNG"))
 
 
 def cell_rates_plot(

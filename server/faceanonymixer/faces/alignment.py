@@ -145,8 +145,13 @@ class FaceAligner:
         padding = DEFAULT_PADDING[style] if padding is None else float(padding)
         if not 0.0 <= padding <= 2.0:
             raise ValueError(f"padding must be between 0 and 2, not {padding}")
+        return self.align_decoded(self._load(image, color_order), size, padding, style=style)
 
-        pixels = self._load(image, color_order)
+    def align_decoded(
+        self, pixels: RGBImage, size: int, padding: float, *, style: AlignmentStyle
+    ) -> AlignedFace:
+        """:meth:`align` for a photo :func:`load_image` already decoded and checked (the engine's:
+        it keeps the decoded photo for the paste-back), with the padding resolved."""
         box = self._choose(self._detect(pixels))
         rect = dlib.rectangle(box.left, box.top, box.right - 1, box.bottom - 1)
         height, width = pixels.shape[:2]

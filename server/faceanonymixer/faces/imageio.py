@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -19,6 +21,7 @@ import numpy.typing as npt
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from faceanonymixer.utils.errors import InvalidImageError
+from faceanonymixer.utils.files import write_atomic_with
 
 ColorOrder: TypeAlias = Literal["RGB", "BGR"]
 ImageInput: TypeAlias = (
@@ -83,6 +86,35 @@ def load_image(
 
 def decode_image_bytes(data: bytes, *, limits: ImageLimits = DEFAULT_LIMITS) -> RGBImage:
     """Validate and decode encoded image bytes (see :func:`load_image`)."""
+    with _opened(data, limits) as image:
+        image.load()
+        return _to_rgb_array(image)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A photo's size from its header, before any decoding."""
+
+    width: int
+    height: int
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+
+def probe_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Probe:
+    """Format and size from the header, with the limits :func:`decode_image_bytes` applies; the
+    pixels are not decoded (a truncated file is found when they are)."""
+    with _opened(data, limits) as image:
+        return Probe(*image.size)
+
+
+@contextmanager
+def _opened(data: bytes, limits: ImageLimits) -> Iterator[Image.Image]:
+    """The image of ``data``, opened from its header after the byte and size limits; every
+    failure, then or while the caller decodes, an :class:`InvalidImageError` (no chained
+    error: a kept error must not hold the bytes alive through its cause's frames)."""
     if not data:
         raise InvalidImageError("image data is empty")
     if len(data) > limits.max_bytes:
@@ -93,21 +125,18 @@ def decode_image_bytes(data: bytes, *, limits: ImageLimits = DEFAULT_LIMITS) -> 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=sorted(limits.allowed_formats)) as image:
                 limits.check_size(*image.size)
-                image.load()
-                return _to_rgb_array(image)
+                yield image
     except InvalidImageError:
         raise
-    except UnidentifiedImageError as error:
+    except UnidentifiedImageError:
         raise InvalidImageError(
             f"not an image in a supported format ({', '.join(sorted(limits.allowed_formats))})"
-        ) from error
+        ) from None
     except Image.DecompressionBombError as error:
-        raise InvalidImageError(
-            f"refusing to decode the image (decompression-bomb guard): {error}"
-        ) from error
+        raise InvalidImageError(f"refusing to decode the image (decompression-bomb guard): {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         # Pillow reports truncated or corrupt data as OSError / SyntaxError / ValueError.
-        raise InvalidImageError(f"the image file is truncated or corrupt: {error}") from error
+        raise InvalidImageError(f"the image file is truncated or corrupt: {error}") from None
 
 
 def _read_file(path: Path, limits: ImageLimits) -> bytes:
@@ -186,8 +215,5 @@ def _from_array(array: npt.NDArray[np.generic], color_order: ColorOrder, limits:
 
 def write_png_atomic(path: str | Path, pixels: RGBImage) -> Path:
     """Write ``pixels`` as a PNG at ``path`` so that readers never see a partial file."""
-    from faceanonymixer.utils.files import write_atomic
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return write_atomic(path, buffer.getvalue())
+    image = Image.fromarray(pixels)
+    return write_atomic_with(path, lambda stream: image.save(stream, format="PNG"))

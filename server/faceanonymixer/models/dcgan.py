@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from faceanonymixer.models.generator_base import Generator, LatentLayout, LatentRole
-from faceanonymixer.models.weights import check_sha256, file_sha256
+from faceanonymixer.models.weights import check_sha256
 from faceanonymixer.utils.errors import ModelFormatError
+from faceanonymixer.utils.files import file_sha256
 
 Z_DIM = 100
 IMAGE_SIZE = 64

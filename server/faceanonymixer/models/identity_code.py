@@ -55,7 +55,7 @@ class IdentityCodeMap:
 
 
 def save_identity_code_map(code_map: IdentityCodeMap, path: Path) -> str:
-    """Write atomically (``outputs.write_atomic``); returns the SHA-256."""
+    """Write atomically (``utils.files.write_atomic``); returns the SHA-256."""
     return save_tagged_arrays(
         path,
         _FORMAT,

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceanonymixer.models.weights import check_sha256, file_sha256, load_tagged_arrays, save_tagged_arrays
+from faceanonymixer.models.weights import check_sha256, load_tagged_arrays, save_tagged_arrays
 from faceanonymixer.utils.errors import ModelFormatError
-from faceanonymixer.utils.files import write_atomic
+from faceanonymixer.utils.files import file_sha256, write_atomic
 
 _BASIS_FORMAT = "faceanonymixer/identity-basis/v1"
 
@@ -53,7 +53,7 @@ class IdentityBasis:
 
 
 def save_identity_mean(mean: torch.Tensor, path: Path) -> str:
-    """Write atomically (``outputs.write_atomic``); returns the SHA-256."""
+    """Write atomically (``utils.files.write_atomic``); returns the SHA-256."""
     buffer = io.BytesIO()
     np.save(buffer, mean.numpy().astype(np.float32))
     write_atomic(path, buffer.getvalue())
@@ -66,7 +66,7 @@ def load_identity_mean(path: Path, *, sha256: str | None = None) -> torch.Tensor
 
 
 def save_identity_basis(basis: IdentityBasis, path: Path) -> str:
-    """Write atomically (``outputs.write_atomic``); returns the SHA-256."""
+    """Write atomically (``utils.files.write_atomic``); returns the SHA-256."""
     return save_tagged_arrays(
         path,
         _BASIS_FORMAT,

@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from faceanonymixer.models.weights import check_sha256, file_sha256
+from faceanonymixer.models.weights import check_sha256
 from faceanonymixer.utils.errors import ModelFormatError
+from faceanonymixer.utils.files import file_sha256
 
-__all__ = ["LatentEncoder", "file_sha256", "load_latent_encoder", "save_latent_encoder"]
+__all__ = ["LatentEncoder", "load_latent_encoder", "save_latent_encoder"]
 
 
 class LatentEncoder(nn.Module):

@@ -1,45 +1,40 @@
-"""The model zoo: published weights (the ``ffhq`` profile's), pulled and checked against SHA-256 pins.
+"""The model zoo: published weights (the ``ffhq`` profile's), fetched with pooch and held to SHA-256 pins.
 
-``zoo.json`` lists each file with its download URLs (the authors' own first, mirrors after),
-its size, its SHA-256 and where that digest was read. :func:`pull_model` downloads into
-``<file>.part`` with HTTP Range requests (an interrupted transfer resumes where it stopped), checks
-size and digest, and only then renames the file into place: a file under its final name has been
-verified. A model whose digest was never published is refused unless the user pins one
-(``--sha256``) or accepts trust on first use, which records the digest it got in ``pins.json``
-next to the models. :func:`model_path` is what loaders call: the verified path, or a typed error
-that says what to run.
+``zoo.json`` lists each file with its download URLs (the authors' own first, mirrors after), its
+size, its SHA-256 and where that digest was read. :func:`pull_model` hands the URLs in turn to
+:func:`pooch.retrieve`, which downloads into a temporary file beside the models, checks the SHA-256
+and only then moves the file under its name: a file under its final name has been verified. An
+interrupted transfer is tried again from its first byte
+(docs/decisions/2026-12-07-model-zoo-on-pooch.md). A model whose digest was never published is
+refused unless the user pins one (``--sha256``) or accepts trust on first use, which records the
+digest it got in ``pins.json`` next to the models. :func:`model_path` is what loaders call: the
+verified path, or a typed error that says what to run; it never downloads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
+import logging
 import os
 import re
 import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from faceanonymixer._version import __version__
-from faceanonymixer.models.weights import file_sha256
 from faceanonymixer.utils.errors import FaceAnonyMixerError, ModelFormatError
+from faceanonymixer.utils.files import file_sha256, write_atomic
 
-try:  # POSIX: one pull of a file at a time, across processes
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+if TYPE_CHECKING:
+    import requests
 
 __all__ = [
     "MANIFEST_ENV",
@@ -59,6 +54,7 @@ __all__ = [
     "Verification",
     "ZooModel",
     "default_models_dir",
+    "effective_pin",
     "find_model",
     "load_manifest",
     "model_path",
@@ -74,11 +70,9 @@ MANIFEST_ENV = "FACEANONYMIXER_MODEL_ZOO"
 MODELS_DIR_ENV = "FACEANONYMIXER_MODELS_DIR"
 #: digests the user pinned (``--sha256``) or trusted on first use, next to the models
 PINS_FILE = "pins.json"
-PART_SUFFIX = ".part"
 CHUNK = 1 << 20
-USER_AGENT = f"faceanonymixer/{__version__} (model zoo)"
+HEADERS = {"User-Agent": f"faceanonymixer/{__version__} (model zoo)", "Accept-Encoding": "identity"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -135,18 +129,7 @@ class ZooModel:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "file": self.file,
-            "urls": list(self.urls),
-            "sha256": self.sha256,
-            "size": self.size,
-            "sha256_source": self.sha256_source,
-            "licence": self.licence,
-            "licence_sources": list(self.licence_sources),
-            "source": self.source,
-            "profiles": list(self.profiles),
-            "loader": self.loader,
-            "notes": self.notes,
+            key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()
         }
 
 
@@ -160,8 +143,7 @@ def load_manifest(manifest: str | Path | None = None) -> dict[str, ZooModel]:
     location = manifest_location(manifest)
     try:
         document = json.loads(location.read_text(encoding="utf-8"))
-        entries = document["models"]
-        return {name: _parse_model(name, entry) for name, entry in entries.items()}
+        return {name: _parse_model(name, entry) for name, entry in document["models"].items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelZooError(f"model zoo manifest {location} is unreadable: {exc}") from None
 
@@ -269,9 +251,8 @@ def record_pin(models_dir: Path, model: ZooModel, sha256: str, *, how: str, url:
         "url": url or "",
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path = models_dir / PINS_FILE
-    _write_atomically(path, json.dumps(pins, indent=2, sort_keys=True) + "\n")
-    return path
+    text = json.dumps(pins, indent=2, sort_keys=True) + "\n"
+    return write_atomic(models_dir / PINS_FILE, text.encode("utf-8"))
 
 
 def normalise_sha256(value: str) -> str:
@@ -297,20 +278,13 @@ def _state_key(path: Path) -> tuple[str, int, int, int, int]:
 
 def hashed_sha256(path: Path, *, use_cache: bool = True) -> str:
     key = _state_key(path)
-    if use_cache:
+    with _HASHED_LOCK:
+        known = _HASHED.get(key) if use_cache else None
+    if known is None:
+        known = file_sha256(path)
         with _HASHED_LOCK:
-            known = _HASHED.get(key)
-        if known is not None:
-            return known
-    digest = file_sha256(path)
-    with _HASHED_LOCK:
-        _HASHED[key] = digest
-    return digest
-
-
-def _remember(path: Path, digest: str) -> None:
-    with _HASHED_LOCK:
-        _HASHED[_state_key(path)] = digest
+            _HASHED[key] = known
+    return known
 
 
 class Status(StrEnum):
@@ -352,13 +326,10 @@ def verify_model(model: ZooModel, models_dir: Path, *, use_cache: bool = False) 
     """Present? The manifest's size? The pinned SHA-256?"""
     path = model.path(models_dir)
     pin = effective_pin(model, models_dir)
-    expected = pin.sha256 if pin else None
-    origin = pin.origin if pin else None
+    expected, origin = (pin.sha256, pin.origin) if pin else (None, None)
     if not path.is_file():
         detail = f"missing from {models_dir}: run `faceanonymixer models pull {model.name}`"
-        return Verification(
-            model.name, path, Status.MISSING, expected=expected, pin_origin=origin, detail=detail
-        )
+        return Verification(model.name, path, Status.MISSING, None, None, expected, origin, detail)
     size = path.stat().st_size
     if model.size is not None and size != model.size:  # definite, and needs no hashing
         detail = f"size is {size} bytes, expected {model.size}"
@@ -385,7 +356,8 @@ def model_path(
 ) -> Path:
     """The verified path of a zoo model, for its loader; a typed error that says what to run.
 
-    A file is hashed once per process while it stays unchanged (same size, mtime, ctime, inode).
+    Never downloads. A file is hashed once per process while it stays unchanged (same size, mtime,
+    ctime, inode).
     """
     model = find_model(name, load_manifest(manifest))
     result = verify_model(model, resolve_models_dir(models_dir), use_cache=True)
@@ -399,14 +371,15 @@ def model_path(
     raise _STATUS_ERRORS[result.status](message)
 
 
-# ---- downloading -------------------------------------------------------------------------------
+# ---- pulling -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DownloadOptions:
     #: seconds a connection or a read may stall
     timeout: float = 60.0
-    #: further attempts per URL after a dropped connection, a timeout or a 5xx (each resumes)
+    #: further attempts per URL after a timeout, a dropped connection or HTTP 408/425/429/5xx
+    #: (each from the first byte)
     retries: int = 5
     #: seconds before the first retry, doubling after each (at most 30)
     backoff: float = 1.0
@@ -434,27 +407,6 @@ class PullResult:
             "pin": self.pin_origin,
             "pinned_in": str(self.pinned_in) if self.pinned_in else None,
         }
-
-
-class _Transient(Exception):  # noqa: N818 - control flow: retry this URL, resuming
-    pass
-
-
-class _UrlFailed(Exception):  # noqa: N818 - control flow: this URL cannot give the file
-    pass
-
-
-class _WrongBytes(_UrlFailed):
-    pass
-
-
-@dataclass
-class _Transfer:
-    url: str
-    part: Path
-    expected_size: int | None
-    options: DownloadOptions
-    label: str
 
 
 def _stderr(message: str) -> None:
@@ -493,8 +445,15 @@ def pull_model(
     notify: Callable[[str], None] = _stderr,
 ) -> PullResult:
     """Download ``model`` into ``models_dir`` (or find it there), verified against its pin."""
-    pin = _choose_pin(model, models_dir, sha256, trust_on_first_use)
-    return _pull(model, models_dir, pin, force=force, options=options or DownloadOptions(), notify=notify)
+    return pull_models(
+        [model],
+        models_dir,
+        sha256=sha256,
+        trust_on_first_use=trust_on_first_use,
+        force=force,
+        options=options,
+        notify=notify,
+    )[0]
 
 
 def _choose_pin(
@@ -527,38 +486,28 @@ def _pull(
     notify: Callable[[str], None],
 ) -> PullResult:
     final = model.path(models_dir)
+    origin = pin.origin if pin else "trust-on-first-use"
+    if final.is_file():  # as pinned (or, trusting it, whatever the user put there): keep it
+        digest = hashed_sha256(final, use_cache=False)
+        size = final.stat().st_size
+        if (pin is None or digest == pin.sha256) and (model.size is None or size == model.size):
+            pinned_in = _record_new_pin(model, models_dir, pin, digest, None, notify)
+            return PullResult(model.name, final, digest, "present", None, origin, pinned_in)
+        if not force:
+            expected = f"{pin.sha256} (pinned by {pin.describe})" if pin else f"{model.size} bytes"
+            raise ModelIntegrityError(
+                f"{final} exists but its SHA-256 is {digest} ({size} bytes), expected {expected}; "
+                f"run `faceanonymixer models pull {model.name} --force` to replace it"
+            )
+        if pin is None:  # with no digest pooch keeps any file in place; this one is the wrong size
+            final.unlink()
     models_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(final):
-        if final.is_file() and not force:
-            return _accept_present(model, models_dir, pin, notify)
-        part = final.with_name(final.name + PART_SUFFIX)
-        url, digest = _download_verified(model, part, pin, options)
-        os.replace(part, final)
-        _fsync_directory(models_dir)
-        _remember(final, digest)  # model_path in this process need not hash it again
-        pinned_in = _record_new_pin(model, models_dir, pin, digest, url, notify)
-        origin = pin.origin if pin else "trust-on-first-use"
-        return PullResult(model.name, final, digest, "downloaded", url, origin, pinned_in)
-
-
-def _accept_present(
-    model: ZooModel, models_dir: Path, pin: Pin | None, notify: Callable[[str], None]
-) -> PullResult:
-    """A file already in place: keep it if it matches the pin (or, trusting it, pin it)."""
-    final = model.path(models_dir)
-    digest = hashed_sha256(final, use_cache=False)
-    size_ok = model.size is None or final.stat().st_size == model.size
-    if pin is not None and size_ok and digest == pin.sha256:
-        pinned_in = _record_new_pin(model, models_dir, pin, digest, None, notify)
-        return PullResult(model.name, final, digest, "present", None, pin.origin, pinned_in)
-    if pin is None and size_ok:  # trust on first use, of the file the user put there
-        pinned_in = _record_new_pin(model, models_dir, None, digest, None, notify)
-        return PullResult(model.name, final, digest, "present", None, "trust-on-first-use", pinned_in)
-    expected = f"{pin.sha256} (pinned by {pin.describe})" if pin else f"{model.size} bytes"
-    raise ModelIntegrityError(
-        f"{final} exists but its SHA-256 is {digest} ({final.stat().st_size} bytes), expected {expected}; "
-        f"run `faceanonymixer models pull {model.name} --force` to replace it"
-    )
+    url = _download(model, models_dir, pin, options)
+    digest = pin.sha256 if pin else file_sha256(final)
+    with _HASHED_LOCK:  # model_path in this process need not hash it again
+        _HASHED[_state_key(final)] = digest
+    pinned_in = _record_new_pin(model, models_dir, pin, digest, url, notify)
+    return PullResult(model.name, final, digest, "downloaded", url, origin, pinned_in)
 
 
 def _record_new_pin(
@@ -583,189 +532,126 @@ def _record_new_pin(
     return path
 
 
-def _download_verified(
-    model: ZooModel, part: Path, pin: Pin | None, options: DownloadOptions
-) -> tuple[str, str]:
-    """Try each URL in order; the first whose bytes match the pin wins. Returns (url, sha256)."""
+# ---- downloading: pooch, one URL after another -------------------------------------------------
+
+
+class _UrlFailed(Exception):  # noqa: N818 - control flow: this URL cannot give the file
+    def __init__(self, reason: str, *, wrong_bytes: bool = False) -> None:
+        super().__init__(reason)
+        self.wrong_bytes = wrong_bytes
+
+
+def _download(model: ZooModel, models_dir: Path, pin: Pin | None, options: DownloadOptions) -> str:
+    """Try each URL in order; the first whose bytes match the pin wins. Returns that URL."""
     failures: list[str] = []
     wrong_bytes = False
     for url in model.urls:
         try:
-            return url, _fetch_from(url, model, part, pin, options)
+            _retrieve(url, model, models_dir, pin, options)
+            return url
         except _UrlFailed as exc:
             failures.append(f"{url}: {exc}")
-            wrong_bytes = wrong_bytes or isinstance(exc, _WrongBytes)
+            wrong_bytes = wrong_bytes or exc.wrong_bytes
     kind = ModelIntegrityError if wrong_bytes else ModelDownloadError
-    resumable = (
-        " (the partial download is kept; run the same command again to resume)" if part.exists() else ""
-    )
-    raise kind(f"model {model.name}: no URL gave the pinned file: {'; '.join(failures)}{resumable}")
+    raise kind(f"model {model.name}: no URL gave the pinned file: {'; '.join(failures)}")
 
 
-def _fetch_from(url: str, model: ZooModel, part: Path, pin: Pin | None, options: DownloadOptions) -> str:
-    """The SHA-256 of the complete ``part`` from ``url``; wrong bytes never stay on disk."""
-    resumed = part.exists() and part.stat().st_size > 0
-    transfer = _Transfer(url, part, model.size, options, model.file)
-    _download(transfer)
-    digest = file_sha256(part)
-    if pin is None or digest == pin.sha256:
-        return digest
-    part.unlink()
-    if resumed:  # the bytes kept from an earlier transfer may be the bad ones: once more from zero
-        _download(transfer)
-        digest = file_sha256(part)
-        if digest == pin.sha256:
-            return digest
-        part.unlink()
-    raise _WrongBytes(f"SHA-256 is {digest}, expected {pin.sha256} (pinned by {pin.describe})")
+def _retrieve(url: str, model: ZooModel, models_dir: Path, pin: Pin | None, options: DownloadOptions) -> None:
+    """``pooch.retrieve`` from one URL, tried again after a transient failure."""
+    import pooch  # type: ignore[import-untyped]  # pooch ships no type information
+    import requests
 
-
-def _download(transfer: _Transfer) -> None:
-    """Fill ``transfer.part`` with the whole body, resuming after each transient failure."""
-    failures = 0
+    known_hash = f"sha256:{pin.sha256}" if pin else None
+    attempt = 0
     while True:
+        downloader = _CheckedDownloader(model, options)
         try:
-            _attempt(transfer)
+            with _quiet(pooch.get_logger()):  # its INFO lines would break the CLI's one-line output
+                pooch.retrieve(url, known_hash, fname=model.file, path=models_dir, downloader=downloader)
             return
-        except _Transient as exc:
-            failures += 1
-            if failures > transfer.options.retries:
-                raise _UrlFailed(f"{exc} (gave up after {transfer.options.retries} retries)") from None
-            time.sleep(min(30.0, transfer.options.backoff * 2 ** (failures - 1)))
-
-
-def _attempt(transfer: _Transfer) -> None:
-    part, expected = transfer.part, transfer.expected_size
-    offset = part.stat().st_size if part.exists() else 0
-    if expected is not None and offset > expected:  # cannot be a prefix of the file
-        part.unlink()
-        offset = 0
-    if expected is not None and offset == expected:
-        return  # complete already; the digest decides
-    response = _open(transfer, offset)
-    with response:
-        start, total = _body_range(response, offset)
-        if start != offset:  # 200: the server ignored the Range, start over
-            offset = 0
-        if expected is not None and total is not None and total != expected:
-            raise _WrongBytes(f"serves {total} bytes, the manifest says {expected}")
-        _copy_body(response, transfer, offset, total if total is not None else expected)
-
-
-def _open(transfer: _Transfer, offset: int) -> http.client.HTTPResponse:
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(transfer.url, headers=headers)
-    try:
-        response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=transfer.options.timeout)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if exc.code == 416 and offset:  # our .part is not a prefix the server can continue
-            transfer.part.unlink()
-            raise _Transient("the server refused to resume; restarting from zero") from None
-        if exc.code in (408, 425, 429) or exc.code >= 500:
-            raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
-        raise _UrlFailed(f"HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, socket.gaierror):  # no such host: retrying will not help
-            raise _UrlFailed(f"cannot resolve the host ({exc.reason})") from None
-        raise _Transient(f"cannot connect ({exc.reason})") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Transient(f"cannot connect ({exc})") from None
-    if response.headers.get_content_type() == "text/html":
-        response.close()
-        raise _UrlFailed("served an HTML page, not the file (a sign-in, consent or quota page?)")
-    return response
-
-
-def _body_range(response: http.client.HTTPResponse, offset: int) -> tuple[int, int | None]:
-    """(first byte of the body, total size of the file or None)."""
-    if response.status == 206:
-        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-        if match is None or int(match.group(1)) != offset:
+        except requests.RequestException as exc:
+            if attempt >= options.retries or not _transient(exc):
+                tried = f" (gave up after {attempt} retries)" if attempt else ""
+                raise _UrlFailed(_describe(exc) + tried) from None
+        except ValueError as exc:  # pooch: the SHA-256 differs from known_hash; it deleted the download
+            got = re.search(r"got ([0-9a-f]{64})", str(exc))
+            pinned = f"{pin.sha256} (pinned by {pin.describe})" if pin else "?"
             raise _UrlFailed(
-                f"answered a Range request with Content-Range {response.headers.get('Content-Range')!r}"
-            )
-        return offset, None if match.group(3) == "*" else int(match.group(3))
-    if response.status == 200:
-        length = response.headers.get("Content-Length")
-        return 0, int(length) if length and length.isdigit() else None
-    raise _UrlFailed(f"unexpected HTTP status {response.status}")
+                f"SHA-256 is {got[1] if got else '?'}, expected {pinned}", wrong_bytes=True
+            ) from None
+        finally:
+            downloader.bar.close()
+        time.sleep(min(30.0, options.backoff * 2**attempt))
+        attempt += 1
 
 
-def _copy_body(
-    response: http.client.HTTPResponse, transfer: _Transfer, offset: int, total: int | None
-) -> None:
-    received = offset
-    with (
-        transfer.part.open("ab" if offset else "wb") as out,
-        tqdm(
-            total=total,
-            initial=offset,
-            desc=transfer.label,
+class _CheckedDownloader:
+    """pooch's HTTP downloader, then what a digest cannot say (or says late) about the temporary file:
+    an HTML page (a sign-in, consent or quota page, which trust on first use would otherwise pin) and
+    a size other than the manifest's. Raising here makes pooch delete the temporary file."""
+
+    def __init__(self, model: ZooModel, options: DownloadOptions) -> None:
+        import pooch
+        from tqdm import tqdm
+
+        self.model = model
+        self.bar = tqdm(
+            total=model.size or 1,  # pooch sets the served length; a bar of total None is not truthy
+            desc=model.file,
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
             file=sys.stderr,
-            disable=None if transfer.options.progress else True,  # None: only on a terminal
+            disable=None if options.progress else True,  # None: only on a terminal
             leave=False,
-        ) as bar,
-    ):
-        try:
-            # read1: whatever has arrived, so every byte received is on disk before a reset
-            while chunk := response.read1(CHUNK):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as exc:  # reset, timeout, truncated chunk
-            raise _Transient(f"connection lost after {received} bytes ({exc})") from None
-        finally:
-            out.flush()
-            os.fsync(out.fileno())
-    if total is not None and received < total:
-        raise _Transient(f"connection closed after {received} of {total} bytes")
-    if total is not None and received > total:
-        transfer.part.unlink()
-        raise _UrlFailed(f"sent {received} bytes, more than the {total} it announced")
+        )
+        self.http = pooch.HTTPDownloader(
+            progressbar=self.bar, chunk_size=CHUNK, timeout=options.timeout, headers=HEADERS
+        )
+
+    def __call__(self, url: str, output_file: str, pup: object) -> None:
+        self.http(url, output_file, pup)
+        with open(output_file, "rb") as stream:
+            head = stream.read(512).lstrip().lower()
+        if head.startswith((b"<!doctype html", b"<html")):
+            raise _UrlFailed("served an HTML page, not the file (a sign-in, consent or quota page?)")
+        size = os.path.getsize(output_file)
+        if self.model.size is not None and size != self.model.size:
+            raise _UrlFailed(f"sent {size} bytes, the manifest says {self.model.size}", wrong_bytes=True)
 
 
-# ---- small file-system helpers -----------------------------------------------------------------
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _transient(exc: requests.RequestException) -> bool:
+    """Worth another try: HTTP 408/425/429/5xx, a timeout, a refused or dropped connection; not
+    another HTTP status and not a host name that does not resolve."""
+    if exc.response is not None:
+        return exc.response.status_code in (408, 425, 429) or exc.response.status_code >= 500
+    return not any(isinstance(cause, socket.gaierror) for cause in _causes(exc))
+
+
+def _describe(exc: requests.RequestException) -> str:
+    """One short clause: the HTTP status, or what broke the connection (its innermost cause)."""
+    import requests
+
+    if exc.response is not None:
+        return f"HTTP {exc.response.status_code} {exc.response.reason}"
+    what = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+    return f"{what} ({list(_causes(exc))[-1]})"
 
 
 @contextlib.contextmanager
-def _exclusive(final: Path) -> Iterator[None]:
-    """One pull of a file at a time: a second process fails at once instead of mixing bytes."""
-    if fcntl is None:  # pragma: no cover - Windows
-        yield
-        return
-    lock = final.with_name(final.name + ".lock")
-    descriptor = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ModelDownloadError(f"another process is pulling {final.name} into {final.parent}") from None
         yield
     finally:
-        os.close(descriptor)  # closing releases the lock
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", encoding="utf-8") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        logger.setLevel(level)

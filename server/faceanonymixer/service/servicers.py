@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import io
 import logging
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -29,7 +27,6 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from PIL import Image, UnidentifiedImageError
 
 from faceanonymixer.engine.profiles import (
     Profile,
@@ -39,7 +36,7 @@ from faceanonymixer.engine.profiles import (
     with_optimisation_overrides,
 )
 from faceanonymixer.engine.protection_key import ProtectionKey
-from faceanonymixer.faces.imageio import DEFAULT_LIMITS, ImageInput, ImageLimits
+from faceanonymixer.faces.imageio import ImageInput, Probe, probe_image
 from faceanonymixer.keystore import KeyRecord, KeyStore
 from faceanonymixer.service import key_operations
 from faceanonymixer.service.auth import Authenticator
@@ -158,43 +155,6 @@ class CallGuard:
         # the status, and abort sends the status before it raises
         if status is not None:
             await abort(context, status)
-
-
-@dataclass(frozen=True)
-class Probe:
-    """A photo's size from its header, before any decoding."""
-
-    width: int
-    height: int
-
-    @property
-    def megapixels(self) -> float:
-        return self.width * self.height / 1e6
-
-
-def probe_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Probe:
-    """Format and size from the header, with the limits ``decode_image_bytes`` applies; the
-    pixels are not decoded (a truncated file is found when they are, on the worker)."""
-    if not data:
-        raise InvalidImageError("image data is empty")
-    if len(data) > limits.max_bytes:
-        raise InvalidImageError(f"image is {len(data):,} bytes, over the limit of {limits.max_bytes:,}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=sorted(limits.allowed_formats)) as image:
-                limits.check_size(*image.size)
-                return Probe(*image.size)
-    except InvalidImageError:
-        raise
-    except UnidentifiedImageError:
-        raise InvalidImageError(
-            f"not an image in a supported format ({', '.join(sorted(limits.allowed_formats))})"
-        ) from None
-    except Image.DecompressionBombError as error:
-        raise InvalidImageError(f"refusing to decode the image (decompression-bomb guard): {error}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise InvalidImageError(f"the image file is truncated or corrupt: {error}") from None
 
 
 def _probe_all(images: Sequence[bytes], fields: Sequence[str]) -> list[Probe | InvalidImageError]:

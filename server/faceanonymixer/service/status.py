@@ -1,4 +1,4 @@
-"""Errors as ``google.rpc`` rich statuses, following the error table of ARCHITECTURE.md.
+"""Errors as ``google.rpc`` rich statuses, following the error table (docs/errors.md).
 
 Every refusal carries an ``ErrorInfo`` (domain :data:`DOMAIN`, a stable ``reason`` clients branch
 on); bad fields add a ``BadRequest`` field violation, a full queue a ``RetryInfo``.

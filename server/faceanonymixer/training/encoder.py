@@ -29,6 +29,7 @@ from faceanonymixer.faces.embedding import chips_to_tensor
 from faceanonymixer.faces.imageio import load_image
 from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.latent_encoder import LatentEncoder, save_latent_encoder
+from faceanonymixer.training.checkpoints import save_checkpoint
 from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,6 @@ def train_encoder(
                 "sampler": sampler.get_state(),
                 "step": done,
             }
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            save_checkpoint(state, checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_latent_encoder(encoder.eval(), out)

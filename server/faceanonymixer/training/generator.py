@@ -37,6 +37,7 @@ from faceanonymixer.faces.imageio import write_png_atomic
 from faceanonymixer.models.dcgan import IMAGE_SIZE, Z_DIM, DigiFaceDCGAN
 from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.latent_encoder import LatentEncoder
+from faceanonymixer.training.checkpoints import save_checkpoint
 from faceanonymixer.training.encoder import TrainingFaces, aligned_training_faces
 from faceanonymixer.utils.errors import FaceAnonyMixerError
 from faceanonymixer.utils.files import write_atomic
@@ -201,7 +202,7 @@ def _save_checkpoint(
         "optimisers": {name: optimiser.state_dict() for name, optimiser in optimisers.items()},
         "sampler": sampler.get_state(),
     }
-    _save_atomically(payload, path)
+    save_checkpoint(payload, path)
 
 
 def _load_checkpoint(
@@ -246,7 +247,7 @@ def cached_training_faces(photos: Sequence[Path], generator: Generator, cache: P
         return TrainingFaces(payload["pixels"], [by_name[name] for name in payload["photos"]])
     faces = aligned_training_faces(photos, generator)
     payload = {"pixels": faces.pixels, "photos": photo_names(faces.paths), "selected": names}
-    _save_atomically(payload, cache)
+    save_checkpoint(payload, cache)
     return faces
 
 
@@ -268,11 +269,3 @@ def write_training_record(
     grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
     pixels = ((grid.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     return photos, write_png_atomic(out_dir / f"{stem}_samples.png", np.ascontiguousarray(pixels))
-
-
-def _save_atomically(payload: dict[str, object], path: Path) -> None:
-    """A torch file appears whole or not at all: an interrupted run keeps its last checkpoint."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, temporary)
-    temporary.replace(path)

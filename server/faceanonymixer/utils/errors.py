@@ -1,4 +1,4 @@
-"""Typed errors of the engine. Each maps to one row of the error table in ARCHITECTURE.md.
+"""Typed errors of the engine. Each maps to one row of the error table in docs/errors.md.
 
 Each subclasses the client SDK's error of the same row (``faceanonymixer_client.errors``), so
 ``except KeyRevokedError`` from the SDK catches a local engine's refusal and a server's alike.

@@ -1,11 +1,15 @@
-"""Result folders and files that readers never see half-written."""
+"""Result folders, files that readers never see half-written, and file digests."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 from faceanonymixer.utils.errors import InvalidRequestError
 
@@ -26,17 +30,47 @@ def prepare_out_dir(out: Path | None, *, default_prefix: str) -> Path:
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a new temporary file beside ``path``, flush it to disk, then rename it into
-    place (atomic on POSIX and Windows); on any error the temporary file is removed."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a
+    part (:func:`write_atomic_with`)."""
+    return write_atomic_with(path, lambda stream: stream.write(data))
+
+
+def write_atomic_with(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Call ``write`` on a new temporary file beside ``path``, flush it to disk, then rename it into
+    place (atomic on POSIX and Windows) and flush the folder; on any error, an interrupt included,
+    the temporary file is removed and ``path`` is left as it was. The folder must exist."""
     path = Path(path)
+    # beside the target, so that the rename stays on one file system; the random part keeps two
+    # writers of the same file (threads, processes) off each other's temporary file
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         with temporary.open("xb") as stream:
-            stream.write(data)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         temporary.replace(path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut (POSIX; Windows has no folder handles)."""
+    if os.name != "posix":
+        return
+    # best effort: the file is already whole under its name, and some file systems refuse
+    # fsync on a folder
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks (weights and engines run to gigabytes)."""
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()

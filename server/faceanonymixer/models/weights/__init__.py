@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from faceanonymixer.utils.errors import ModelFormatError
-from faceanonymixer.utils.files import write_atomic
+from faceanonymixer.utils.files import file_sha256, write_atomic
 
 WEIGHTS_DIR = Path(__file__).parent
 MANIFEST = WEIGHTS_DIR / "manifest.json"
@@ -33,14 +32,6 @@ class CommittedWeights:
     @property
     def path(self) -> Path:
         return WEIGHTS_DIR / self.file
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_sha256(path: str | Path, expected: str | None) -> None:
@@ -95,6 +86,4 @@ def record_weights(
     entries = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     entries[name] = {"file": file, "sha256": sha256, "command": command}
     entries[name].update({key: value for key, value in (("data", data), ("terms", terms)) if value})
-    temporary = MANIFEST.with_suffix(".tmp")
-    temporary.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-    temporary.replace(MANIFEST)
+    write_atomic(MANIFEST, (json.dumps(entries, indent=2, sort_keys=True) + "\n").encode())

@@ -9,7 +9,8 @@ each key, the integrity key, the keyed anchor of the old SHA-256 audit chain) is
 profile_revision of existing keys: the revision the code of 2026-12-07 computes for the key's
 profile with its default settings (``faceanonymixer.engine.profiles.profile_revision``), written out
 below so that later code changes cannot move it. A server that ran with ``optimisation``
-overrides made its keys under another revision: see docs/security.md, "Profile revisions".
+overrides made its keys under another revision: see docs/security.md and
+docs/decisions/2026-12-07-service-hardening.md.
 
 Revision ID: 0002
 Revises: 0001
