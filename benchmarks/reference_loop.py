@@ -116,7 +116,7 @@ def reference_step(
     chips = inputs.composite(generated)
     views = views_at_step(_view_transforms(config.views, chips.device), step, config.views_per_step)
     embeddings = [engine.recognizer(view(chips)) for view in views]
-    centre = engine.identity_centre
+    centre = engine.identities.centre
     anonymity = F.relu(
         F.cosine_similarity(embeddings[0] - centre, inputs.original - centre, dim=1) - config.margin
     )

@@ -109,8 +109,8 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
     draw, mixed (weight w > 0) with the code of the photo's key-derived target under the
     profile's fitted map."""
     face = engine.prepare(photo)
-    config, centre = engine.config, engine.identity_centre
-    assert engine.identity_code_map is not None
+    config, centre = engine.config, engine.identities.centre
+    assert engine.identities.code_map is not None
     with torch.no_grad():
         chip = chips_to_tensor([face.chip.image])
         original = engine.recognizer(chip)
@@ -120,8 +120,8 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
         def top_axes(count: int) -> torch.Tensor | None:
             if not count:
                 return None
-            assert engine.identity_basis is not None
-            return engine.identity_basis.top(count)
+            assert engine.identities.basis is not None
+            return engine.identities.basis.top(count)
 
         def rotated(axes: torch.Tensor | None) -> torch.Tensor | None:
             return None if axes is None else axes[:, config.kept_axes :]
@@ -148,7 +148,7 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
             engine.generator.z_dim,
             original - centre,
             config.synthetic_identity_weight,
-            engine.identity_code_map.code(start) if config.synthetic_identity_weight > 0 else None,
+            engine.identities.code_map.code(start) if config.synthetic_identity_weight > 0 else None,
         )
         return engine.generator.mapping(z)[0].numpy()
 
@@ -204,32 +204,32 @@ def test_the_keys_face_follows_the_identity_as_the_settings_read_it(
 
 
 def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: ProtectionEngine) -> None:
-    assert engine.identity_basis is not None
-    mean = engine.identity_centre[None] + 0.1 * torch.randn(
+    assert engine.identities.basis is not None
+    mean = engine.identities.centre[None] + 0.1 * torch.randn(
         1, 128, generator=torch.Generator().manual_seed(5)
     )
-    axes = engine.identity_basis.top(64)
+    axes = engine.identities.basis.top(64)
     for count in (64, 96):
         _, target = engine.key_start_and_target(
             KEY_A, mean, dataclasses.replace(engine.config, target_subspace=count)
         )
-        offset = (target - engine.identity_centre)[0]
-        inside = engine.identity_basis.top(count)
+        offset = (target - engine.identities.centre)[0]
+        inside = engine.identities.basis.top(count)
         assert (offset - inside @ (inside.T @ offset)).norm() < 1e-4 * offset.norm()
     # the whole space (0): most of the target lies off the 64 main axes of real faces
     _, anywhere = engine.key_start_and_target(
         KEY_A, mean, dataclasses.replace(engine.config, target_subspace=0, kept_axes=0)
     )
-    offset = (anywhere - engine.identity_centre)[0]
+    offset = (anywhere - engine.identities.centre)[0]
     assert (offset - axes @ (axes.T @ offset)).norm() > 0.3 * offset.norm()
 
 
 def test_targets_from_source_axes_ignore_the_identity_off_them(engine: ProtectionEngine) -> None:
-    assert engine.identity_basis is not None
+    assert engine.identities.basis is not None
     config = dataclasses.replace(engine.config, source_axes=32, target_rank=32, kept_axes=0)
     draws = torch.randn(2, 128, generator=torch.Generator().manual_seed(6))
-    mean = engine.identity_centre[None] + 0.1 * draws[:1]
-    axes = engine.identity_basis.top(32)
+    mean = engine.identities.centre[None] + 0.1 * draws[:1]
+    axes = engine.identities.basis.top(32)
     off_axes = 0.1 * (draws[1:] - (draws[1:] @ axes) @ axes.T)
     _, target = engine.key_start_and_target(KEY_A, mean, config)
     _, moved = engine.key_start_and_target(KEY_A, mean + off_axes, config)
@@ -241,20 +241,20 @@ def test_targets_from_source_axes_ignore_the_identity_off_them(engine: Protectio
 
 
 def test_kept_axes_keep_the_group_level_identity_and_rotate_the_rest(engine: ProtectionEngine) -> None:
-    assert engine.identity_basis is not None
+    assert engine.identities.basis is not None
     config = dataclasses.replace(
         engine.config, kept_axes=4, source_axes=52, target_subspace=64, target_rank=48
     )
     draws = torch.randn(2, 128, generator=torch.Generator().manual_seed(7))
-    mean = engine.identity_centre[None] + 0.1 * draws[:1]
-    kept = engine.identity_basis.top(4)
+    mean = engine.identities.centre[None] + 0.1 * draws[:1]
+    kept = engine.identities.basis.top(4)
     _, target = engine.key_start_and_target(KEY_A, mean, config)
     _, other_key = engine.key_start_and_target(KEY_B, mean, config)
-    offset, original = (target - engine.identity_centre)[0], (mean - engine.identity_centre)[0]
+    offset, original = (target - engine.identities.centre)[0], (mean - engine.identities.centre)[0]
     # along the kept axes the target is the photo's identity, under any key
     torch.testing.assert_close(kept.T @ offset, kept.T @ original, atol=1e-5, rtol=0)
     torch.testing.assert_close(
-        kept.T @ (other_key - engine.identity_centre)[0], kept.T @ original, atol=1e-5, rtol=0
+        kept.T @ (other_key - engine.identities.centre)[0], kept.T @ original, atol=1e-5, rtol=0
     )
     # off them the key moves it: the rest of the target differs between keys and from the photo
     rest = offset - kept @ (kept.T @ offset)
@@ -278,9 +278,9 @@ def test_axes_without_an_identity_basis_are_refused(
     clone = variant(
         engine, **{"target_subspace": 0, "source_axes": 0, "start_axes": 0, "kept_axes": 0, **overrides}
     )
-    clone.identity_basis = None
+    clone.identities = dataclasses.replace(engine.identities, basis=None)
     with pytest.raises(ValueError, match=f"no identity basis for {next(iter(overrides))}"):
-        clone.key_start_and_target(KEY_A, engine.identity_centre[None])
+        clone.key_start_and_target(KEY_A, engine.identities.centre[None])
 
 
 # ---- latent mixing by layout -----------------------------------------------------------------

@@ -27,10 +27,16 @@ person's photos along the weaker axes no longer moves its target.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from faceanonymixer.engine.profiles import OptimisationConfig, Profile
 from faceanonymixer.engine.protection_key import ProtectionKey, key_generator
+from faceanonymixer.models.identity_code import IdentityCodeMap, load_identity_code_map
+from faceanonymixer.models.identity_stats import IdentityBasis, load_identity_basis, load_identity_mean
+from faceanonymixer.models.weights import weights_entry
+from faceanonymixer.utils.errors import ModelFormatError
 
 TARGET_PURPOSE = "identity-target"
 LATENT_PURPOSE = "synthetic-latent"
@@ -122,3 +128,92 @@ def synthetic_code(
     # scaled so that its length matches a Gaussian draw's, about sqrt(z_dim)
     identity = math.sqrt(z_dim) * torch.nn.functional.normalize(direction @ projection.T, dim=1)
     return math.sqrt(1.0 - identity_weight**2) * code + identity_weight * identity
+
+
+@dataclass(frozen=True)
+class KeyedIdentities:
+    """A profile's statistics of real identities, and what a key makes of a subject's identity
+    with them: its target identity and the code of its synthetic face (:meth:`start_and_target`)."""
+
+    profile_id: str
+    #: (dim,) the centre of real faces in the loss recognizer's space, on the engine's device
+    centre: torch.Tensor
+    #: principal axes of real identities (``target_subspace``, ``source_axes``, ``kept_axes``, ``start_axes``)
+    basis: IdentityBasis | None
+    #: fitted map from identities to generator codes (``synthetic_identity_weight`` > 0)
+    code_map: IdentityCodeMap | None
+    z_dim: int
+
+    @classmethod
+    def load(
+        cls, profile: Profile, *, embedding_dim: int, z_dim: int, device: torch.device
+    ) -> KeyedIdentities:
+        """The profile's committed statistics, checked against its recognizer's and generator's sizes."""
+        centre = torch.zeros(embedding_dim, device=device)
+        if profile.identity_mean is not None:
+            entry = weights_entry(profile.identity_mean)
+            centre = load_identity_mean(entry.path, sha256=entry.sha256).to(device)
+        code_map = None
+        if profile.identity_code_map is not None:
+            entry = weights_entry(profile.identity_code_map)
+            code_map = load_identity_code_map(entry.path, sha256=entry.sha256)
+            if (code_map.z_dim, code_map.embedding_dim) != (z_dim, embedding_dim):
+                raise ModelFormatError(
+                    f"{entry.path}: maps {code_map.embedding_dim}-d embeddings to {code_map.z_dim}-d codes, "
+                    f"the profile's models need {embedding_dim} to {z_dim}"
+                )
+        basis = None
+        if profile.identity_basis is not None:
+            entry = weights_entry(profile.identity_basis)
+            basis = load_identity_basis(entry.path, sha256=entry.sha256)
+            if basis.dim != embedding_dim:
+                raise ModelFormatError(
+                    f"{entry.path}: axes of a {basis.dim}-d space, the recognizer's is {embedding_dim}-d"
+                )
+        return cls(profile.profile_id, centre, basis, code_map, z_dim)
+
+    def start_and_target(
+        self, key: ProtectionKey, mean: torch.Tensor, config: OptimisationConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The code (1, z_dim) of the key's synthetic face, on the CPU, and the target identity
+        (1, dim) for a subject whose original embedding (the mean over its photos) is ``mean``."""
+        centre, kept = self.centre, config.kept_axes
+        target_axes = self.axes(config.target_subspace, "target_subspace")
+        source_axes = self.axes(config.source_axes, "source_axes")
+        mapping = config.target_gain * key_target_map(
+            key,
+            self.profile_id,
+            mean.shape[1],
+            config.target_rank,
+            None if target_axes is None else target_axes[:, kept:],
+            None if source_axes is None else source_axes[:, kept:],
+        )
+        if kept:
+            # the group-level part of the identity stays as it is (kept_axes, profiles.py)
+            kept_part = self.axes(kept, "kept_axes")
+            assert kept_part is not None
+            mapping = mapping + kept_part @ kept_part.T
+        mapping = mapping.to(mean.device)
+        target = target_identity(mean, centre, mapping)
+        identity_code = None
+        if self.code_map is not None and config.synthetic_identity_weight > 0:
+            start_axes = self.axes(config.start_axes, "start_axes")
+            subject = target - centre
+            if start_axes is not None:
+                # the target of the subject's coarse identity: steadier across its photos
+                axes = start_axes.to(mean.device)
+                subject = (mean - centre) @ axes @ axes.T @ mapping.T
+            identity_code = self.code_map.code(subject)
+        code = synthetic_code(
+            key, self.profile_id, self.z_dim, mean - centre, config.synthetic_identity_weight, identity_code
+        )
+        return code, target
+
+    def axes(self, count: int, setting: str) -> torch.Tensor | None:
+        """The top ``count`` principal axes of real identities, (dim, count) on the CPU (where
+        the key's draws are); None for 0 (the whole space)."""
+        if not count:
+            return None
+        if self.basis is None:
+            raise ValueError(f"profile {self.profile_id!r} has no identity basis for {setting}")
+        return self.basis.top(count)

@@ -34,11 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from faceanonymixer.engine.identity_target import (
-    key_target_map,
-    synthetic_code,
-    target_identity,
-)
+from faceanonymixer.engine.identity_target import KeyedIdentities
 from faceanonymixer.engine.profiles import OptimisationConfig, Profile, get_profile
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.faces.alignment import (
@@ -55,12 +51,9 @@ from faceanonymixer.faces.imageio import ImageInput, RGBImage, load_image
 from faceanonymixer.models.base import Recognizer
 from faceanonymixer.models.generator_base import Generator, LatentRole
 from faceanonymixer.models.generators import load_generator
-from faceanonymixer.models.identity_code import IdentityCodeMap, load_identity_code_map
-from faceanonymixer.models.identity_stats import IdentityBasis, load_identity_basis, load_identity_mean
 from faceanonymixer.models.inverters import load_inverter
 from faceanonymixer.models.recognizers import load_recognizer
-from faceanonymixer.models.weights import weights_entry
-from faceanonymixer.utils.errors import ModelFormatError, ProtectionCancelledError
+from faceanonymixer.utils.errors import ProtectionCancelledError
 
 #: feathered border of the pasted face, as a fraction of the crop (loss and paste-back agree)
 FEATHER = 0.1
@@ -150,9 +143,12 @@ class ProtectionEngine:
         self.generator: Generator = load_generator(self.profile.generator, device=self.device)
         self.recognizer: Recognizer = load_recognizer(self.profile.recognizer, device=self.device)
         self.inverter = load_inverter(self.profile.inverter, self.generator, device=self.device)
-        self.identity_centre = self._identity_centre()
-        self.identity_code_map = self._identity_code_map()
-        self.identity_basis = self._identity_basis()
+        self.identities = KeyedIdentities.load(
+            self.profile,
+            embedding_dim=self.recognizer.embedding_dim,
+            z_dim=self.generator.z_dim,
+            device=self.device,
+        )
         self.precision = _autocast_dtype(precision, self.device)
         self.passes = _forward_passes(self, runtime, onnx_dir)
         # NHWC convolutions: tensor cores on CUDA, oneDNN instead of the slow im2col path on CPU
@@ -161,36 +157,6 @@ class ProtectionEngine:
         set_memory_format(self.recognizer, torch.channels_last)
         size = self.generator.image_size
         self._mask = torch.from_numpy(feather_mask(size, FEATHER)[:, :, 0].astype(np.float32) / 255.0)
-
-    def _identity_centre(self) -> torch.Tensor:
-        if self.profile.identity_mean is None:
-            return torch.zeros(self.recognizer.embedding_dim, device=self.device)
-        entry = weights_entry(self.profile.identity_mean)
-        return load_identity_mean(entry.path, sha256=entry.sha256).to(self.device)
-
-    def _identity_code_map(self) -> IdentityCodeMap | None:
-        if self.profile.identity_code_map is None:
-            return None
-        entry = weights_entry(self.profile.identity_code_map)
-        code_map = load_identity_code_map(entry.path, sha256=entry.sha256)
-        if (code_map.z_dim, code_map.embedding_dim) != (self.generator.z_dim, self.recognizer.embedding_dim):
-            raise ModelFormatError(
-                f"{entry.path}: maps {code_map.embedding_dim}-d embeddings to {code_map.z_dim}-d codes, "
-                f"the profile's models need {self.recognizer.embedding_dim} to {self.generator.z_dim}"
-            )
-        return code_map
-
-    def _identity_basis(self) -> IdentityBasis | None:
-        if self.profile.identity_basis is None:
-            return None
-        entry = weights_entry(self.profile.identity_basis)
-        basis = load_identity_basis(entry.path, sha256=entry.sha256)
-        if basis.dim != self.recognizer.embedding_dim:
-            raise ModelFormatError(
-                f"{entry.path}: axes of a {basis.dim}-d space, "
-                f"the recognizer's is {self.recognizer.embedding_dim}-d"
-            )
-        return basis
 
     # ---- preparation -------------------------------------------------------------------------
 
@@ -334,53 +300,8 @@ class ProtectionEngine:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The key's synthetic latent (1, rows, width) and target identity (1, dim) for a subject
         whose original embedding (the mean over its photos) is ``mean`` (1, dim)."""
-        config = config or self.config
-        centre = self.identity_centre
-        kept = config.kept_axes
-        target_axes = self._identity_axes(config.target_subspace, "target_subspace")
-        source_axes = self._identity_axes(config.source_axes, "source_axes")
-        mapping = config.target_gain * key_target_map(
-            key,
-            self.profile.profile_id,
-            mean.shape[1],
-            config.target_rank,
-            None if target_axes is None else target_axes[:, kept:],
-            None if source_axes is None else source_axes[:, kept:],
-        )
-        if kept:
-            # the group-level part of the identity stays as it is (kept_axes, profiles.py)
-            kept_part = self._identity_axes(kept, "kept_axes")
-            assert kept_part is not None
-            mapping = mapping + kept_part @ kept_part.T
-        mapping = mapping.to(self.device)
-        target = target_identity(mean, centre, mapping)
-        identity_code = None
-        if self.identity_code_map is not None and config.synthetic_identity_weight > 0:
-            start_axes = self._identity_axes(config.start_axes, "start_axes")
-            subject = target - centre
-            if start_axes is not None:
-                # the target of the subject's coarse identity: steadier across its photos
-                axes = start_axes.to(self.device)
-                subject = (mean - centre) @ axes @ axes.T @ mapping.T
-            identity_code = self.identity_code_map.code(subject)
-        z = synthetic_code(
-            key,
-            self.profile.profile_id,
-            self.generator.z_dim,
-            mean - centre,
-            config.synthetic_identity_weight,
-            identity_code,
-        )
-        return self.generator.mapping(z.to(self.device)), target
-
-    def _identity_axes(self, count: int, setting: str) -> torch.Tensor | None:
-        """The top ``count`` principal axes of real identities, (dim, count) on the CPU (where
-        the key's draws are); None for 0 (the whole space)."""
-        if not count:
-            return None
-        if self.identity_basis is None:
-            raise ValueError(f"profile {self.profile.profile_id!r} has no identity basis for {setting}")
-        return self.identity_basis.top(count)
+        code, target = self.identities.start_and_target(key, mean, config or self.config)
+        return self.generator.mapping(code.to(self.device)), target
 
     def _original_embeddings(self, chips: torch.Tensor, config: OptimisationConfig) -> torch.Tensor:
         """The photos' own identities: what anonymity pushes away from and targets derive from."""
@@ -447,7 +368,7 @@ class ProtectionEngine:
         optimiser = torch.optim.Adam([variable], lr=config.learning_rate)
         milestones = sorted({max(1, round(m * config.steps)) for m in config.milestones})
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=milestones, gamma=config.gamma)
-        centred_original = original - self.identity_centre
+        centred_original = original - self.identities.centre
         pooled_real = F.adaptive_avg_pool2d(crops, ATTRIBUTE_POOL)
         views = _view_transforms(config.views, self.device)
         subject_sizes = torch.bincount(owner).to(real.dtype)
@@ -469,7 +390,7 @@ class ProtectionEngine:
                 embeddings = list(stacked.chunk(len(seen)))
             plain = embeddings[0]  # the plain view, or with views in turn this step's first view
             anonymity = F.relu(
-                F.cosine_similarity(plain - self.identity_centre, centred_original, dim=1) - config.margin
+                F.cosine_similarity(plain - self.identities.centre, centred_original, dim=1) - config.margin
             )
             identity = torch.stack([(e - target).norm(dim=1) for e in embeddings]).mean(dim=0)
             subject_mean = torch.zeros_like(plain).index_add(0, owner, plain) / subject_sizes[owner, None]

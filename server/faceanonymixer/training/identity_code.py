@@ -52,7 +52,7 @@ def measure_code_pairs(
                 continue
             chip = chips_to_tensor([face.chip.image], engine.device)
             crop = chips_to_tensor([face.crop.image], engine.device) / 127.5 - 1.0
-            offsets.append((engine.passes.embed(chip) - engine.identity_centre)[0].cpu().numpy())
+            offsets.append((engine.passes.embed(chip) - engine.identities.centre)[0].cpu().numpy())
             codes.append(inverter.code(crop)[0].cpu().numpy())
             used.append(path)
     if not used:
