@@ -36,7 +36,7 @@ from faceanonymixer.cli.health import EXIT_NOT_SERVING, EXIT_SERVING, EXIT_UNREA
 Status = health_pb2.HealthCheckResponse
 PROTECTION_SERVICE = "faceanonymixer.v1.ProtectionService"
 
-# the command alone in an app of its own: the test does not depend on how cli.py registers it
+# the command alone in an app of its own: the test does not depend on how cli/main.py registers it
 probe_app = typer.Typer()
 probe_app.command()(health)
 runner = CliRunner()

@@ -23,7 +23,7 @@ Protection
     for realism. Photos are batched ``batch_size`` at a
     time into one engine call (the faces of a batch optimise together but each with its own loss
     terms, so the result does not depend on the batching beyond float rounding). ``jobs`` worker
-    processes share the work, each with the ``threads`` setting (``threads.py``) over its share of
+    processes share the work, each with the ``threads`` setting (``utils.threads``) over its share of
     the cores (``cores // jobs``).
 Judging
     Judges (independent recognizers, never in the loss) embed the unprotected photos and the
@@ -78,7 +78,7 @@ class EvalConfig:
     #: optimisation settings overriding the profile's (e.g. ``{"steps": 10}``)
     optimisation: dict[str, Any] = field(default_factory=dict)
     baselines: bool = True
-    #: torch threads per job (``threads.py``): N > 0 fixed, 0 per batch from the idle cores of the
+    #: torch threads per job (``utils.threads``): N > 0 fixed, 0 per batch from the idle cores of the
     #: job's share (usable cores // jobs); None: ``FACEANONYMIXER_THREADS``, else 0
     threads: int | None = None
 
