@@ -1,4 +1,4 @@
-"""The judge protocol's rates at one *operating threshold* per judge: the README's quality targets.
+"""The judge protocol's rates at one *operating threshold* per judge (docs/evaluation.md's targets).
 
 A judge's operating threshold (:func:`operating_threshold`) is its published one (dlib 0.6), else
 the one at FMR 1e-2 of the unprotected impostor pairs of the same photos. A pair matches when its
