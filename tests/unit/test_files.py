@@ -9,6 +9,7 @@ from typing import IO
 
 import pytest
 
+from faceanonymixer.utils import files
 from faceanonymixer.utils.files import file_sha256, write_atomic, write_atomic_with
 
 
@@ -62,3 +63,26 @@ def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert file_sha256(path) == file_sha256(str(path)) == hashlib.sha256(data).hexdigest()
+
+
+def test_cached_file_sha256_hashes_a_file_once_per_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"first")
+    hashed: list[str] = []
+    real = files.file_sha256
+    monkeypatch.setattr(files, "file_sha256", lambda p: hashed.append(str(p)) or real(p))
+
+    assert files.cached_file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    assert files.cached_file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    assert len(hashed) == 1
+    files.cached_file_sha256(path, fresh=True)
+    assert len(hashed) == 2
+    replacement = tmp_path / "new.bin"
+    replacement.write_bytes(b"other")
+    replacement.replace(path)  # another file under the same name: hashed again
+    assert files.cached_file_sha256(path) == hashlib.sha256(b"other").hexdigest()
+    assert len(hashed) == 3
+    files.remember_sha256(path, "0" * 64)  # as verified while written
+    assert files.cached_file_sha256(path) == "0" * 64 and len(hashed) == 3

@@ -45,6 +45,7 @@ from faceanonymixer.models.zoo import (
     pull_model,
     verify_model,
 )
+from faceanonymixer.utils import files
 
 PAYLOAD = random.Random(5).randbytes(300_000)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -518,13 +519,13 @@ def test_model_path_returns_the_verified_file_and_hashes_it_once(
     target = models_dir / "m.bin"
     target.write_bytes(PAYLOAD)
     hashed: list[Path] = []
-    real = model_zoo.file_sha256
+    real = files.file_sha256
 
     def counting(path: str | Path) -> str:
         hashed.append(Path(path))
         return real(path)
 
-    monkeypatch.setattr(model_zoo, "file_sha256", counting)
+    monkeypatch.setattr(files, "file_sha256", counting)
 
     assert model_path("m", models_dir, manifest=manifest) == target
     assert model_path("m.bin", models_dir, manifest=manifest) == target  # by file name too
@@ -543,7 +544,7 @@ def test_a_pulled_file_is_not_hashed_again_by_model_path(
     manifest = write_manifest(tmp_path / "zoo.json", {"m": {"urls": [site.url("m.bin")]}})
     pull_model(find_model("m", load_manifest(manifest)), models_dir, options=FAST)
     hashed: list[str] = []
-    monkeypatch.setattr(model_zoo, "file_sha256", lambda path: hashed.append(path) or "0" * 64)
+    monkeypatch.setattr(files, "file_sha256", lambda path: hashed.append(path) or "0" * 64)
 
     assert model_path("m", models_dir, manifest=manifest) == models_dir / "m.bin"
     assert hashed == []  # pooch checked the digest before moving the file into place

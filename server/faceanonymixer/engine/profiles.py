@@ -11,14 +11,13 @@ docs/decisions/2026-12-07-service-hardening.md).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from faceanonymixer.utils.files import file_sha256
+from faceanonymixer.utils.files import cached_file_sha256
 
 
 @dataclass(frozen=True)
@@ -378,14 +377,6 @@ def _package_file_digest(package: str, relative: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         return f"missing:{package}"
     path = Path(next(iter(spec.submodule_search_locations))) / relative
-    try:
-        status = path.stat()
-    except OSError:
+    if not path.is_file():
         return f"missing:{package}/{relative}"
-    return _file_digest(str(path), status.st_size, status.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime only key the cache: a file changed in place is hashed again
-    return file_sha256(path)
+    return cached_file_sha256(path)

@@ -20,7 +20,6 @@ import os
 import re
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from faceanonymixer._version import __version__
 from faceanonymixer.utils.errors import FaceAnonyMixerError, ModelFormatError
-from faceanonymixer.utils.files import file_sha256, write_atomic
+from faceanonymixer.utils.files import cached_file_sha256, file_sha256, remember_sha256, write_atomic
 
 if TYPE_CHECKING:
     import requests
@@ -267,26 +266,6 @@ def normalise_sha256(value: str) -> str:
 # SHA-256 of files already hashed in this process, by identity and state: a loader that asks again
 # for an unchanged 300 MB file gets the answer without reading it. ctime changes on any write or
 # metadata change and cannot be set back by a user, so a replaced file is hashed again.
-_HASHED: dict[tuple[str, int, int, int, int], str] = {}
-_HASHED_LOCK = threading.Lock()
-
-
-def _state_key(path: Path) -> tuple[str, int, int, int, int]:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-
-
-def hashed_sha256(path: Path, *, use_cache: bool = True) -> str:
-    key = _state_key(path)
-    with _HASHED_LOCK:
-        known = _HASHED.get(key) if use_cache else None
-    if known is None:
-        known = file_sha256(path)
-        with _HASHED_LOCK:
-            _HASHED[key] = known
-    return known
-
-
 class Status(StrEnum):
     OK = "ok"
     MISSING = "missing"
@@ -334,7 +313,7 @@ def verify_model(model: ZooModel, models_dir: Path, *, use_cache: bool = False) 
     if model.size is not None and size != model.size:  # definite, and needs no hashing
         detail = f"size is {size} bytes, expected {model.size}"
         return Verification(model.name, path, Status.MISMATCH, size, None, expected, origin, detail)
-    digest = hashed_sha256(path, use_cache=use_cache)
+    digest = cached_file_sha256(path, fresh=not use_cache)
     if pin is None:
         detail = f"no published or local pin; its SHA-256 is {digest}"
         return Verification(model.name, path, Status.NO_PIN, size, digest, None, None, detail)
@@ -488,7 +467,7 @@ def _pull(
     final = model.path(models_dir)
     origin = pin.origin if pin else "trust-on-first-use"
     if final.is_file():  # as pinned (or, trusting it, whatever the user put there): keep it
-        digest = hashed_sha256(final, use_cache=False)
+        digest = cached_file_sha256(final, fresh=True)
         size = final.stat().st_size
         if (pin is None or digest == pin.sha256) and (model.size is None or size == model.size):
             pinned_in = _record_new_pin(model, models_dir, pin, digest, None, notify)
@@ -504,8 +483,7 @@ def _pull(
     models_dir.mkdir(parents=True, exist_ok=True)
     url = _download(model, models_dir, pin, options)
     digest = pin.sha256 if pin else file_sha256(final)
-    with _HASHED_LOCK:  # model_path in this process need not hash it again
-        _HASHED[_state_key(final)] = digest
+    remember_sha256(final, digest)  # model_path in this process need not hash it again
     pinned_in = _record_new_pin(model, models_dir, pin, digest, url, notify)
     return PullResult(model.name, final, digest, "downloaded", url, origin, pinned_in)
 

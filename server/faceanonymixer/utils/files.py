@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -74,3 +75,35 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes, read in blocks (weights and engines run to gigabytes)."""
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+#: file state (resolved path, size, modification and change times, inode) -> SHA-256 of its bytes
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _state(path: Path) -> tuple[str, int, int, int, int]:
+    status = path.stat()
+    return (str(path.resolve()), status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
+
+
+def cached_file_sha256(path: str | os.PathLike[str], *, fresh: bool = False) -> str:
+    """:func:`file_sha256`, remembered for the file's state: a gigabyte of weights is hashed once a
+    process, and a file changed or replaced in any way is hashed again. ``fresh`` hashes anyway
+    (and remembers the result)."""
+    key = _state(Path(path))
+    with _DIGESTS_LOCK:
+        known = None if fresh else _DIGESTS.get(key)
+    if known is None:
+        known = file_sha256(path)
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = known
+    return known
+
+
+def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:
+    """Record ``digest`` as the SHA-256 of the file as it is now (checked as it was written), so
+    that :func:`cached_file_sha256` need not read it again."""
+    key = _state(Path(path))
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = digest
