@@ -7,6 +7,9 @@ and compare; ``--compare`` also gives the largest difference in grey levels.
     ... (the change) ...
     .venv/bin/python benchmarks/output_digests.py ../shared/faces/lfw after --compare before
 
+``--revision R`` runs an archived revision of ``embedded`` instead of the current one: a change
+that adds to the current revision must leave the archived ones' faces as they were.
+
 Writes ``NAME.json`` (digests) and ``NAME.npz`` (the protected photos, for the pixel comparison).
 Digests depend on the machine's floating point (CPU kind, torch build): compare on one machine.
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from faceanonymixer import Protector
+from faceanonymixer.engine.profiles import get_profile, served_profiles
 
 KEYS = {"A": hashlib.sha256(b"refactor-key-a").digest(), "B": hashlib.sha256(b"refactor-key-b").digest()}
 
@@ -30,10 +34,16 @@ def main() -> None:
     parser.add_argument("faces", type=Path, help="an <identity>/<photo> folder (lfw)")
     parser.add_argument("name", help="output name: NAME.json and NAME.npz")
     parser.add_argument("--compare", help="an earlier NAME to compare with")
+    parser.add_argument(
+        "--revision", help="an archived revision of the embedded profile (default: its current one)"
+    )
     arguments = parser.parse_args()
 
     photos = sorted(arguments.faces.glob("*/*"))[:50:5]  # 10 photos of 10 people
-    protector = Protector(profile="embedded", threads=1)
+    profile = get_profile("embedded")
+    if arguments.revision is not None:
+        profile = served_profiles(profile)[arguments.revision]
+    protector = Protector(profile=profile, threads=1)
     digests, pixels = {}, {}
     for key_name, key in KEYS.items():
         for photo in photos:

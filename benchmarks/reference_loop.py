@@ -123,7 +123,29 @@ def reference_step(
     identity = torch.stack([(e - inputs.target).norm(dim=1) for e in embeddings]).mean(dim=0)
     attributes = (F.adaptive_avg_pool2d(generated, ATTRIBUTE_POOL) - inputs.pooled_real).abs().mean()
     loss = config.lambda_anon * anonymity + config.lambda_id * identity + config.lambda_attr * attributes
+    if config.lambda_attr_classes:
+        loss = loss + config.lambda_attr_classes * _attribute_divergence(
+            engine, inputs.original, embeddings[0]
+        )
     return loss.sum()
+
+
+def _attribute_divergence(
+    engine: ProtectionEngine, original: torch.Tensor, protected: torch.Tensor
+) -> torch.Tensor:
+    """KL(photo || protected face) of the classifiers' gender and age-group distributions, written
+    out from the coefficients."""
+    classes = engine.identities.attributes
+    assert classes is not None, "the profile has no attribute classifiers"
+    female_photo = torch.sigmoid(original @ classes.gender_coef + classes.gender_intercept)
+    female_face = torch.sigmoid(protected @ classes.gender_coef + classes.gender_intercept)
+    gender = female_photo * torch.log(female_photo / female_face) + (1 - female_photo) * torch.log(
+        (1 - female_photo) / (1 - female_face)
+    )
+    age_photo = torch.softmax(original @ classes.age_coef.T + classes.age_intercept, dim=1)
+    age_face = torch.softmax(protected @ classes.age_coef.T + classes.age_intercept, dim=1)
+    age = (age_photo * torch.log(age_photo / age_face)).sum(dim=1)
+    return gender + age
 
 
 @contextmanager

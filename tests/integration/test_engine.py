@@ -17,7 +17,12 @@ import pytest
 import torch
 from committed import committed_entry
 
-from faceanonymixer.engine.identity_target import key_target_map, synthetic_code, target_identity
+from faceanonymixer.engine.identity_target import (
+    key_target_map,
+    synthetic_code,
+    target_identity,
+    with_attributes_of,
+)
 from faceanonymixer.engine.protection import ProtectionEngine, ProtectionResult, Subject, views_at_step
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.engine.protector import Protector
@@ -137,11 +142,20 @@ def expected_synthetic(engine: ProtectionEngine, photo: Path, key: ProtectionKey
         kept = top_axes(config.kept_axes)
         if kept is not None:  # the identity along the top axes is kept, unrotated
             mapping = mapping + kept @ kept.T
-        target = target_identity(original, centre, mapping)
+        # the key's offset of the kept coordinates, the same for the target and the coarse start
+        shift = engine.identities.kept_offset(key, config)
+        target = target_identity(original, centre, mapping) + shift
+        classes = engine.identities.attributes
+        if config.attribute_targets:  # moved to where the classifiers read it as the photo
+            assert classes is not None
+            target = with_attributes_of(target, original, classes.directions())
         start = target - centre
         axes = top_axes(config.start_axes)
         if axes is not None:
-            start = (original - centre) @ axes @ axes.T @ mapping.T
+            start = (original - centre) @ axes @ axes.T @ mapping.T + shift
+            if config.attribute_targets:
+                assert classes is not None
+                start = with_attributes_of(centre + start, original, classes.directions()) - centre
         z = synthetic_code(
             key,
             "embedded",
@@ -211,14 +225,14 @@ def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: Protectio
     axes = engine.identities.basis.top(64)
     for count in (64, 96):
         _, target = engine.key_start_and_target(
-            KEY_A, mean, dataclasses.replace(engine.config, target_subspace=count)
+            KEY_A, mean, dataclasses.replace(engine.config, target_subspace=count, attribute_targets=False)
         )
         offset = (target - engine.identities.centre)[0]
         inside = engine.identities.basis.top(count)
         assert (offset - inside @ (inside.T @ offset)).norm() < 1e-4 * offset.norm()
     # the whole space (0): most of the target lies off the 64 main axes of real faces
     _, anywhere = engine.key_start_and_target(
-        KEY_A, mean, dataclasses.replace(engine.config, target_subspace=0, kept_axes=0)
+        KEY_A, mean, dataclasses.replace(engine.config, target_subspace=0, kept_axes=0, kept_shift=0.0)
     )
     offset = (anywhere - engine.identities.centre)[0]
     assert (offset - axes @ (axes.T @ offset)).norm() > 0.3 * offset.norm()
@@ -226,7 +240,10 @@ def test_targets_in_the_subspace_lie_inside_the_real_face_axes(engine: Protectio
 
 def test_targets_from_source_axes_ignore_the_identity_off_them(engine: ProtectionEngine) -> None:
     assert engine.identities.basis is not None
-    config = dataclasses.replace(engine.config, source_axes=32, target_rank=32, kept_axes=0)
+    # the key's map alone: the attribute classifiers read the whole embedding (attribute_targets)
+    config = dataclasses.replace(
+        engine.config, source_axes=32, target_rank=32, kept_axes=0, kept_shift=0.0, attribute_targets=False
+    )
     draws = torch.randn(2, 128, generator=torch.Generator().manual_seed(6))
     mean = engine.identities.centre[None] + 0.1 * draws[:1]
     axes = engine.identities.basis.top(32)
@@ -243,7 +260,13 @@ def test_targets_from_source_axes_ignore_the_identity_off_them(engine: Protectio
 def test_kept_axes_keep_the_group_level_identity_and_rotate_the_rest(engine: ProtectionEngine) -> None:
     assert engine.identities.basis is not None
     config = dataclasses.replace(
-        engine.config, kept_axes=4, source_axes=52, target_subspace=64, target_rank=48
+        engine.config,
+        kept_axes=4,
+        source_axes=52,
+        target_subspace=64,
+        target_rank=48,
+        kept_shift=0.0,
+        attribute_targets=False,
     )
     draws = torch.randn(2, 128, generator=torch.Generator().manual_seed(7))
     mean = engine.identities.centre[None] + 0.1 * draws[:1]
@@ -276,7 +299,15 @@ def test_axes_without_an_identity_basis_are_refused(
 ) -> None:
     # only the setting under test asks for axes (the default profile asks for all three)
     clone = variant(
-        engine, **{"target_subspace": 0, "source_axes": 0, "start_axes": 0, "kept_axes": 0, **overrides}
+        engine,
+        **{
+            "target_subspace": 0,
+            "source_axes": 0,
+            "start_axes": 0,
+            "kept_axes": 0,
+            "kept_shift": 0.0,
+            **overrides,
+        },
     )
     clone.identities = dataclasses.replace(engine.identities, basis=None)
     with pytest.raises(ValueError, match=f"no identity basis for {next(iter(overrides))}"):
@@ -336,7 +367,7 @@ def test_loss_trace_has_one_value_per_step_and_no_negative_terms(
     result_a: ProtectionResult, engine: ProtectionEngine
 ) -> None:
     trace = result_a.loss_trace
-    for name in ("total", "anonymity", "identity", "attributes"):
+    for name in ("total", "anonymity", "identity", "attributes", "attribute_classes"):
         values = getattr(trace, name)
         assert len(values) == STEPS, name
         assert all(np.isfinite(values)) and min(values) >= 0.0, (name, values)
@@ -346,6 +377,7 @@ def test_loss_trace_has_one_value_per_step_and_no_negative_terms(
             config.lambda_anon * trace.anonymity[step]
             + config.lambda_id * trace.identity[step]
             + config.lambda_attr * trace.attributes[step]
+            + config.lambda_attr_classes * trace.attribute_classes[step]
         )
         assert trace.total[step] == pytest.approx(expected, rel=1e-5)
 

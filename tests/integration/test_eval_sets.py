@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from faceanonymixer.evaluation.labels import GENDERS, RACES
+from faceanonymixer.evaluation.labels import RACES
 from faceanonymixer.evaluation.report import render_markdown
+from faceanonymixer.models.attribute_classifiers import GENDERS
 
 pytestmark = pytest.mark.slow
 

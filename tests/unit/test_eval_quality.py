@@ -14,7 +14,6 @@ from skimage.color import rgb2lab
 from faceanonymixer.evaluation.attributes import (
     POSE_LANDMARKS,
     POSE_TEMPLATE,
-    AttributeClassifiers,
     FaceAttributes,
     attribute_summary,
     camera_matrix,
@@ -29,7 +28,6 @@ from faceanonymixer.evaluation.attributes import (
 from faceanonymixer.evaluation.cells import cell_table, group_rates, worst_cells
 from faceanonymixer.evaluation.harness import EvalConfig, list_photos
 from faceanonymixer.evaluation.labels import (
-    AGE_GROUPS,
     PhotoLabels,
     age_group,
     label_photo,
@@ -46,6 +44,7 @@ from faceanonymixer.evaluation.realism import (
     split_identities,
     tf_bilinear_resize,
 )
+from faceanonymixer.models.attribute_classifiers import AGE_GROUPS, AttributeClassifiers
 from faceanonymixer.utils.errors import ModelFormatError
 
 RNG = np.random.default_rng(37)

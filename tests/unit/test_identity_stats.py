@@ -118,3 +118,7 @@ def test_what_the_default_profile_fitted_on_real_faces_names_its_data_and_terms(
         assert "utk_train" in entry.data and "lfw_train" in entry.data, entry
         assert "UTKFace" in entry.terms and "non-commercial" in entry.terms, entry
         assert "--data ../shared/faces/utk_train" in entry.command
+    assert profile.attribute_classifiers is not None
+    entry = committed_entry(profile.attribute_classifiers, "the embedded profile's attribute classifiers")
+    assert "utk_train" in entry.data and "--recognizer dlib" in entry.command, entry
+    assert "UTKFace" in entry.terms and "non-commercial" in entry.terms, entry

@@ -56,8 +56,13 @@ def test_a_setting_added_later_counts_only_away_from_its_default() -> None:
     assert "kept_axes" not in profiles._FIRST_REVISION_SETTINGS
     at_default = profiles._optimisation_document(profiles.EMBEDDED_LFW_STATS.optimisation)
     assert set(at_default) == profiles._FIRST_REVISION_SETTINGS  # kept_axes (later) at 0: left out
-    document = profiles._optimisation_document(EMBEDDED.optimisation)  # kept_axes 2
+    document = profiles._optimisation_document(profiles.EMBEDDED_DIVERSE_STATS.optimisation)  # kept_axes 2
     assert set(document) == profiles._FIRST_REVISION_SETTINGS | {"kept_axes"}
+    later = {"kept_axes", "lambda_attr_classes", "attribute_targets", "kept_shift"}
+    assert (
+        set(profiles._optimisation_document(EMBEDDED.optimisation))
+        == profiles._FIRST_REVISION_SETTINGS | later
+    )
 
 
 def test_the_revision_before_the_diverse_statistics_is_the_one_its_keys_were_migrated_to() -> None:
@@ -78,3 +83,18 @@ def test_a_server_serves_its_revision_and_the_archived_ones(monkeypatch: pytest.
     served = served_profiles(EMBEDDED)
     assert list(served) == [profile_revision(EMBEDDED), profile_revision(older)]  # FFHQ: another id
     assert served_profiles(EMBEDDED, archived=False) == {profile_revision(EMBEDDED): EMBEDDED}
+
+
+def test_the_revisions_before_the_attribute_classifiers_stay_served_as_they_were() -> None:
+    """Keys made under the diverse statistics (the default until the attribute classifiers) keep
+    their faces: adding the ``attribute_classifiers`` role and its settings changed no revision
+    that does not use them."""
+    assert profile_revision(profiles.EMBEDDED_DIVERSE_STATS) == "3d103b0ec5f493f3"
+    assert profiles.EMBEDDED_DIVERSE_STATS.attribute_classifiers is None
+    assert profiles.EMBEDDED_DIVERSE_STATS in profiles.ARCHIVED_PROFILES
+    assert list(served_profiles(EMBEDDED)) == [
+        profile_revision(EMBEDDED),
+        profile_revision(profiles.EMBEDDED_LFW_STATS),
+        "3d103b0ec5f493f3",
+    ]
+    assert profile_revision(replace(EMBEDDED, attribute_classifiers=None)) != profile_revision(EMBEDDED)

@@ -286,42 +286,63 @@ def fit_identity_code_command(
 @models_app.command("fit-attributes")
 def fit_attributes_command(
     data: Annotated[Path, typer.Option(help="UTKFace-named training photos, one folder each (utk_train).")],
+    recognizer: Annotated[
+        str,
+        typer.Option(
+            help="Whose embeddings: facenet (the evaluation's judges) or a registered recognizer "
+            "(dlib: the embedded profile's attribute term in the protection loop)."
+        ),
+    ] = "facenet",
     per_cell: Annotated[
         int | None, typer.Option(min=1, help="At most this many photos per race x gender cell.")
     ] = None,
     cache: Annotated[
-        Path | None, typer.Option(help="An .npz of the FaceNet embeddings, reused when it matches.")
+        Path | None, typer.Option(help="An .npz of the embeddings, reused when it matches.")
     ] = None,
     out_dir: Annotated[
         Path | None, typer.Option(help="Where the classifiers go (default: the committed weights).")
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Weights name (default: <recognizer>-attribute-classifiers)."),
+    ] = None,
+    terms: TermsOption = "",
 ) -> None:
-    """Fit the evaluation's apparent-gender and age-group classifiers on FaceNet embeddings
-    (judges only, never in a loss); recorded in the committed manifest when written there.
-    UTKFace is for non-commercial research only, and so are the fitted coefficients."""
+    """Fit apparent-gender and age-group classifiers on a network's embeddings: FaceNet's for the
+    evaluation's judges (never in a loss), or the loss recognizer's for the protection loop's
+    attribute term; recorded in the committed manifest when written there. UTKFace is for
+    non-commercial research only, and so are the fitted coefficients."""
     with one_line_errors():
         from tqdm import tqdm
 
-        from faceanonymixer.evaluation.attributes import CLASSIFIERS_WEIGHTS_NAME
+        from faceanonymixer.models.recognizers import RECOGNIZERS
         from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
-        from faceanonymixer.training.attributes import TERMS, TRAINING_DATA, fit_from_photos
+        from faceanonymixer.training.attributes import JUDGE_READING, TERMS, TRAINING_DATA, fit_from_photos
 
+        readings = [JUDGE_READING, *RECOGNIZERS.names()]
+        if recognizer not in readings:
+            raise typer.BadParameter(
+                f"{recognizer!r}; available: {', '.join(readings)}", param_hint="--recognizer"
+            )
         if not data.is_dir():
             raise NotADirectoryError(f"{data} is not a folder of UTKFace-named photos")
         with tqdm(desc="embedding", unit="photo", disable=None) as bar:
-            classifiers, summary = fit_from_photos(data, per_cell=per_cell, cache=cache, progress=bar.update)
+            classifiers, summary = fit_from_photos(
+                data, recognizer=recognizer, per_cell=per_cell, cache=cache, progress=bar.update
+            )
+        weights_name = name or f"{recognizer}-attribute-classifiers"
         target_dir = out_dir or WEIGHTS_DIR
         target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"{CLASSIFIERS_WEIGHTS_NAME.replace('-', '_')}.npz"
+        target = target_dir / f"{weights_name.replace('-', '_')}.npz"
         sha256 = classifiers.save(target)
         if target_dir.resolve() == WEIGHTS_DIR.resolve():
             record_weights(
-                CLASSIFIERS_WEIGHTS_NAME,
+                weights_name,
                 target.name,
                 sha256,
                 _reproducing_command(),
                 data=f"{TRAINING_DATA}; {summary['embedded']} of {summary['photos']} photos embedded",
-                terms=TERMS,
+                terms=terms or TERMS,
             )
         typer.echo(
             f"{summary['embedded']} of {summary['photos']} photos; 5-fold accuracy: gender "

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from faceanonymixer.engine.attribute_term import AttributeTerm
 from faceanonymixer.engine.profiles import OptimisationConfig, Profile
 from faceanonymixer.engine.protection_key import ProtectionKey, key_generator
 from faceanonymixer.models.identity_code import IdentityCodeMap, load_identity_code_map
@@ -41,6 +42,7 @@ from faceanonymixer.utils.errors import ModelFormatError
 TARGET_PURPOSE = "identity-target"
 LATENT_PURPOSE = "synthetic-latent"
 LATENT_IDENTITY_PURPOSE = "synthetic-latent-identity"
+KEPT_SHIFT_PURPOSE = "kept-shift"
 
 
 def key_target_map(
@@ -84,6 +86,17 @@ def _orthonormal_inside(draw: torch.Tensor, subspace: torch.Tensor | None) -> to
 def target_identity(embeddings: torch.Tensor, centre: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
     """Targets for (N, dim) original embeddings around ``centre``."""
     return centre + (embeddings - centre) @ mapping.T
+
+
+def with_attributes_of(
+    targets: torch.Tensor, originals: torch.Tensor, directions: torch.Tensor
+) -> torch.Tensor:
+    """The smallest change of (N, dim) ``targets`` that gives them the ``originals``' projections
+    on the (k, dim) ``directions`` (linear classifiers' weights): a linear classifier then reads
+    each target as it reads its original, and the rest of the target is the key's."""
+    directions = directions.to(targets)
+    gram = torch.linalg.pinv(directions @ directions.T)  # pinv: the age directions are dependent
+    return targets + (originals - targets) @ directions.T @ gram @ directions
 
 
 def synthetic_code(
@@ -143,6 +156,8 @@ class KeyedIdentities:
     #: fitted map from identities to generator codes (``synthetic_identity_weight`` > 0)
     code_map: IdentityCodeMap | None
     z_dim: int
+    #: the loss recognizer's attribute classifiers (``lambda_attr_classes``, ``attribute_targets``)
+    attributes: AttributeTerm | None = None
 
     @classmethod
     def load(
@@ -170,7 +185,12 @@ class KeyedIdentities:
                 raise ModelFormatError(
                     f"{entry.path}: axes of a {basis.dim}-d space, the recognizer's is {embedding_dim}-d"
                 )
-        return cls(profile.profile_id, centre, basis, code_map, z_dim)
+        attributes = None
+        if profile.attribute_classifiers is not None:
+            attributes = AttributeTerm.load(
+                profile.attribute_classifiers, embedding_dim=embedding_dim, device=device
+            )
+        return cls(profile.profile_id, centre, basis, code_map, z_dim, attributes)
 
     def start_and_target(
         self, key: ProtectionKey, mean: torch.Tensor, config: OptimisationConfig
@@ -194,7 +214,8 @@ class KeyedIdentities:
             assert kept_part is not None
             mapping = mapping + kept_part @ kept_part.T
         mapping = mapping.to(mean.device)
-        target = target_identity(mean, centre, mapping)
+        shift = self.kept_offset(key, config).to(mean)
+        target = self.keep_attributes(target_identity(mean, centre, mapping) + shift, mean, config)
         identity_code = None
         if self.code_map is not None and config.synthetic_identity_weight > 0:
             start_axes = self.axes(config.start_axes, "start_axes")
@@ -203,11 +224,41 @@ class KeyedIdentities:
                 # the target of the subject's coarse identity: steadier across its photos
                 axes = start_axes.to(mean.device)
                 subject = (mean - centre) @ axes @ axes.T @ mapping.T
+                if config.kept_shift:
+                    subject = subject + shift
+                if config.attribute_targets:
+                    subject = self.keep_attributes(centre + subject, mean, config) - centre
             identity_code = self.code_map.code(subject)
         code = synthetic_code(
             key, self.profile_id, self.z_dim, mean - centre, config.synthetic_identity_weight, identity_code
         )
         return code, target
+
+    def kept_offset(self, key: ProtectionKey, config: OptimisationConfig) -> torch.Tensor:
+        """The key's offset (dim,) of the kept coordinates (``kept_shift`` standard deviations of
+        real faces along each kept axis); zeros without ``kept_shift``."""
+        if not config.kept_shift:
+            return torch.zeros(self.centre.shape[0])
+        axes = self.axes(config.kept_axes, "kept_axes")
+        assert axes is not None and self.basis is not None
+        draws = torch.randn(
+            config.kept_axes, generator=key_generator(key, self.profile_id, KEPT_SHIFT_PURPOSE)
+        )
+        spread = self.basis.variances[: config.kept_axes].sqrt()
+        return axes @ (config.kept_shift * spread * draws)
+
+    def keep_attributes(
+        self, target: torch.Tensor, mean: torch.Tensor, config: OptimisationConfig
+    ) -> torch.Tensor:
+        """``target`` as it is, or with ``attribute_targets`` read by the attribute classifiers as
+        ``mean`` is (:func:`with_attributes_of`), so that the identity and attribute terms agree."""
+        if not config.attribute_targets:
+            return target
+        if self.attributes is None:
+            raise ValueError(
+                f"profile {self.profile_id!r} has no attribute classifiers for attribute_targets"
+            )
+        return with_attributes_of(target, mean, self.attributes.directions())
 
     def axes(self, count: int, setting: str) -> torch.Tensor | None:
         """The top ``count`` principal axes of real identities, (dim, count) on the CPU (where

@@ -32,6 +32,14 @@ class OptimisationConfig:
     lambda_anon: float = 10.0
     lambda_id: float = 10.0
     lambda_attr: float = 0.15
+    #: weight of the attribute classifiers' term (the profile's ``attribute_classifiers``): the
+    #: protected face keeps the photo's apparent gender and age group as the loss recognizer
+    #: reads them (``engine/attribute_term.py``); 0: no such term
+    lambda_attr_classes: float = 0.0
+    #: the key's target keeps the photo's apparent gender and age group as the profile's
+    #: ``attribute_classifiers`` read them (the smallest change of the target that does so;
+    #: ``identity_target.with_attributes_of``), so that the identity and attribute terms agree
+    attribute_targets: bool = False
     #: centred cosine between protected and original embeddings is pushed below this
     margin: float = 0.0
     #: views of each protected face in the identity loss: plain, mirrored, then random affine/colour
@@ -60,6 +68,11 @@ class OptimisationConfig:
     #: groups differ: skin tone, gender, age) and the key rotates only the rest, so that a target
     #: stays where faces like the photo's are, which the generator can render; 0: rotate it all
     kept_axes: int = 0
+    #: the kept coordinates move by a key-seeded offset of this many standard deviations of real
+    #: faces along each kept axis: the same for everyone under one key (distances under a shared
+    #: key unchanged), another under another key, so that one person's faces under two keys no
+    #: longer share them exactly; 0: kept as they are
+    kept_shift: float = 0.0
     #: the key's face from the subject's identity inside this many principal axes of real
     #: identities (where a fitted code map gives the subject's part of it): the coarse part, which
     #: varies less between one person's photos than the whole; 0: the whole identity
@@ -98,6 +111,10 @@ class OptimisationConfig:
             raise ValueError("target_subspace must be 0 (the whole space) or at least target_rank")
         if self.source_axes and self.source_axes < self.target_rank:
             raise ValueError("source_axes must be 0 (the whole identity) or at least target_rank")
+        if self.lambda_attr_classes < 0:
+            raise ValueError("lambda_attr_classes must not be negative")
+        if self.kept_shift < 0 or (self.kept_shift and not self.kept_axes):
+            raise ValueError("kept_shift must not be negative, and needs kept_axes")
         if self.kept_axes < 0:
             raise ValueError("kept_axes must be 0 or a number of axes")
         rotated = min(self.source_axes, self.target_subspace) - self.kept_axes
@@ -138,6 +155,9 @@ class Profile:
     #: the principal axes of real identities in the recognizer's space (a name in the committed
     #: weights manifest; ``identity_stats.py``), for ``target_subspace``
     identity_basis: str | None = None
+    #: apparent-gender and age-group classifiers over the recognizer's embeddings (a name in the
+    #: committed weights manifest; ``models/attribute_classifiers.py``), for ``lambda_attr_classes``
+    attribute_classifiers: str | None = None
 
 
 #: The first engine, on the DigiFace DCGAN. lr 0.05: the published 0.01 (tuned for StyleGAN2's W+)
@@ -187,8 +207,9 @@ EMBEDDED_LFW_STATS = replace(
     ),
 )
 
-#: The default: the revision above with everything fitted on real faces refitted on LFW and UTKFace
-#: together (``lfw_train`` + ``utk_train``, balanced by race x gender; UTKFace is non-commercial
+#: The default until the attribute classifiers (below), archived: the revision above with
+#: everything fitted on real faces refitted on LFW and UTKFace together (``lfw_train`` +
+#: ``utk_train``, balanced by race x gender; UTKFace is non-commercial
 #: research data, see the weights manifest): the identity mean and principal axes
 #: ("dlib-identity-diverse-*") and the identity-to-code map ("lfw-dcgan-diverse-identity-code"). The
 #: LFW-only mean put Black and Asian women far from the centre, where their targets crowded
@@ -197,12 +218,27 @@ EMBEDDED_LFW_STATS = replace(
 #: rotates the identity inside the next ones: people of one group are spread by the key instead of
 #: drawn towards one region, at a cost in unlinkability.
 #: docs/decisions/2026-12-07-diverse-statistics-and-kept-axes.md.
-EMBEDDED = replace(
+EMBEDDED_DIVERSE_STATS = replace(
     EMBEDDED_LFW_STATS,
     identity_mean="dlib-identity-diverse-mean",
     identity_basis="dlib-identity-diverse-basis",
     identity_code_map="lfw-dcgan-diverse-identity-code",
     optimisation=replace(EMBEDDED_LFW_STATS.optimisation, kept_axes=2, source_axes=50),
+)
+
+#: The default: the revision above, and the photo's apparent gender and age group kept as the loss
+#: recognizer reads them (classifiers over dlib's embeddings fitted on utk_train,
+#: "dlib-attribute-classifiers"): the key's target is moved to where they read as the photo does
+#: (attribute_targets) and the loop holds the protected face there (lambda_attr_classes). The kept
+#: axes' coordinates move by a key-seeded offset (kept_shift 1 standard deviation), the same for
+#: everyone under one key, so that they no longer repeat a person's identity under every key.
+#: docs/decisions/2026-12-07-attribute-classifiers-in-the-loss.md.
+EMBEDDED = replace(
+    EMBEDDED_DIVERSE_STATS,
+    attribute_classifiers="dlib-attribute-classifiers",
+    optimisation=replace(
+        EMBEDDED_DIVERSE_STATS.optimisation, lambda_attr_classes=2.0, attribute_targets=True, kept_shift=1.0
+    ),
 )
 
 #: The published models: StyleGAN2 FFHQ 1024 (W+ 18 x 512; rows 0-2 from the key, 3-7 optimised, 8-17
@@ -238,7 +274,7 @@ def get_profile(name: str) -> Profile:
 #: under them keep their protected faces: when a profile's weights or settings change, put its
 #: previous ``Profile`` here (its generator, encoder and weights stay registered and committed).
 #: A server loads an archived revision's models on the first call that needs them.
-ARCHIVED_PROFILES: tuple[Profile, ...] = (EMBEDDED_LFW_STATS,)
+ARCHIVED_PROFILES: tuple[Profile, ...] = (EMBEDDED_LFW_STATS, EMBEDDED_DIVERSE_STATS)
 
 #: the weight files each registry name loads: ("committed", manifest name), ("zoo", model zoo
 #: name) or ("package", a function giving the path of a file shipped by an installed package)
@@ -267,6 +303,10 @@ def profile_revision(profile: Profile) -> str:
         "identity_code_map": profile.identity_code_map,
         "identity_basis": profile.identity_basis,
     }
+    if profile.attribute_classifiers is not None:
+        # a role added since revisions were introduced: digested only where set, so that adding
+        # it changed no revision
+        names["attribute_classifiers"] = profile.attribute_classifiers
     weights = {
         f"{role}:{_NAMES_AT_FIRST_REVISION.get(name, name)}": _weights_digest(name)
         for role, name in names.items()

@@ -18,7 +18,9 @@ photo. Loss terms, per face (weights in :class:`~faceanonymixer.engine.profiles.
   views keep the identity from resting on pixel patterns that one resampling destroys;
 * attributes: L1 between the 16 x 16 average-pooled protected and real crops. Pose, expression,
   lighting and colour live in that coarse structure; identity, for a recognizer, mostly in the
-  finer detail the pooling throws away.
+  finer detail the pooling throws away. Where the profile has attribute classifiers over the loss
+  recognizer's embeddings, also the divergence of the protected face's apparent gender and age
+  group from the photo's (:mod:`faceanonymixer.engine.attribute_term`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class LossTrace:
     anonymity: list[float] = field(default_factory=list)
     identity: list[float] = field(default_factory=list)
     attributes: list[float] = field(default_factory=list)
+    #: the attribute classifiers' term, measured wherever the profile has classifiers (its weight
+    #: may be 0); 0 throughout where it has none
+    attribute_classes: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +143,7 @@ class ProtectionEngine:
         graphs of ``faceanonymixer export onnx --out onnx_dir``; the optimisation stays PyTorch."""
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.config = optimisation or self.profile.optimisation
+        self._check_attribute_classifiers(self.config)
         self.device = torch.device(device)
         self.aligner = aligner or FaceAligner()
         self.generator: Generator = load_generator(self.profile.generator, device=self.device)
@@ -157,6 +163,14 @@ class ProtectionEngine:
         set_memory_format(self.recognizer, torch.channels_last)
         size = self.generator.image_size
         self._mask = torch.from_numpy(feather_mask(size, FEATHER)[:, :, 0].astype(np.float32) / 255.0)
+
+    def _check_attribute_classifiers(self, config: OptimisationConfig) -> None:
+        if self.profile.attribute_classifiers is None:
+            for setting in ("lambda_attr_classes", "attribute_targets"):
+                if getattr(config, setting):
+                    raise ValueError(
+                        f"profile {self.profile.profile_id!r} has no attribute classifiers for {setting}"
+                    )
 
     # ---- preparation -------------------------------------------------------------------------
 
@@ -203,6 +217,7 @@ class ProtectionEngine:
         engine's settings for this call (the evaluation's no-optimisation baseline uses it).
         """
         config = optimisation or self.config
+        self._check_attribute_classifiers(config)
         faces = [face for subject in subjects for face in subject.faces]
         if not faces:
             return [[] for _ in subjects]
@@ -373,6 +388,9 @@ class ProtectionEngine:
         views = _view_transforms(config.views, self.device)
         subject_sizes = torch.bincount(owner).to(real.dtype)
         several = (subject_sizes[owner] > 1).to(real.dtype)
+        # measured wherever the profile has classifiers (two small products), weighted by the setting
+        classes = self.identities.attributes
+        original_classes = None if classes is None else classes.log_probabilities(original)
 
         steps: list[torch.Tensor] = []
         window = config.early_stop_patience + 1
@@ -398,30 +416,40 @@ class ProtectionEngine:
             attributes = (
                 (F.adaptive_avg_pool2d(generated, ATTRIBUTE_POOL) - pooled_real).abs().mean(dim=(1, 2, 3))
             )
-            per_face = (
-                config.lambda_anon * anonymity + config.lambda_id * identity + config.lambda_attr * attributes
+            attribute_classes = (
+                torch.zeros_like(anonymity)
+                if classes is None or original_classes is None
+                else classes.divergence(plain, original_classes)
             )
+            per_face = (
+                config.lambda_anon * anonymity
+                + config.lambda_id * identity
+                + config.lambda_attr * attributes
+                + config.lambda_attr_classes * attribute_classes
+            )
+            terms = torch.stack([per_face, anonymity, identity, attributes, attribute_classes]).detach()
             if config.early_stop:
                 recent = [*recent[1 - window :], (anonymity.detach(), identity.detach())]
                 # checked before stepping, so the latent returned is the one measured as done
                 if len(recent) == window and _all_done(recent, config.early_stop_tolerance):
-                    steps.append(torch.stack([per_face, anonymity, identity, attributes]).detach())
+                    steps.append(terms)
                     break
             optimiser.zero_grad(set_to_none=True)
             per_face.sum().backward()
             optimiser.step()
             schedule.step()
             # kept on the device: reading them each step would stall a GPU's queue
-            steps.append(torch.stack([per_face, anonymity, identity, attributes]).detach())
+            steps.append(terms)
             if on_step is not None:
                 on_step(step + 1, config.steps)
-        values = torch.stack(steps).cpu().tolist() if steps else []  # (steps, 4, faces)
+        values = torch.stack(steps).cpu().tolist() if steps else []  # (steps, 5, faces)
         for step in values:
             for index, trace in enumerate(traces):
                 trace.total.append(step[0][index])
                 trace.anonymity.append(step[1][index])
                 trace.identity.append(step[2][index])
                 trace.attributes.append(step[3][index])
+                trace.attribute_classes.append(step[4][index])
         return base.index_copy(1, rows, variable.detach()), traces
 
     def _autocast(self) -> torch.autocast:

@@ -31,16 +31,15 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from faceanonymixer.evaluation.labels import AGE_GROUPS, GENDERS, PhotoLabels
-from faceanonymixer.models.weights import load_tagged_arrays, save_tagged_arrays, weights_entry
+from faceanonymixer.evaluation.labels import PhotoLabels
+from faceanonymixer.models.attribute_classifiers import AGE_GROUPS, GENDERS, AttributeClassifiers
+from faceanonymixer.models.weights import weights_entry
 
 CLASSIFIERS_WEIGHTS_NAME = "facenet-attribute-classifiers"
-_CLASSIFIERS_FORMAT = "faceanonymixer/attribute-classifiers/v1"
 
 #: dlib 68-point indices (0-based) of the template's points, in the template's order
 POSE_LANDMARKS = (17, 21, 22, 26, 36, 39, 42, 45, 31, 35, 48, 54, 57, 8)
@@ -215,55 +214,6 @@ class FaceReader:
 
 
 # ---- gender and age-group classifiers ----------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class AttributeClassifiers:
-    """Linear classifiers over unit-norm FaceNet embeddings (numpy only at prediction time)."""
-
-    #: (d,) and () of P(female) = sigmoid(x . coef + intercept)
-    gender_coef: np.ndarray
-    gender_intercept: np.ndarray
-    #: (groups, d) and (groups,) of the age-group softmax
-    age_coef: np.ndarray
-    age_intercept: np.ndarray
-
-    def gender(self, embeddings: np.ndarray) -> np.ndarray:
-        """Index into :data:`GENDERS` per row; -1 for a missing (NaN) row."""
-        rows = np.asarray(embeddings, dtype=np.float64)
-        present = np.all(np.isfinite(rows), axis=1)
-        scores = np.where(present, np.nan_to_num(rows) @ self.gender_coef + float(self.gender_intercept), 0)
-        return np.where(present, (scores > 0).astype(np.int64), -1)
-
-    def age_group(self, embeddings: np.ndarray) -> np.ndarray:
-        """Index into :data:`AGE_GROUPS` per row; -1 for a missing (NaN) row."""
-        rows = np.asarray(embeddings, dtype=np.float64)
-        present = np.all(np.isfinite(rows), axis=1)
-        scores = np.nan_to_num(rows) @ self.age_coef.T + self.age_intercept
-        return np.where(present, np.argmax(scores, axis=1), -1)
-
-    def save(self, path: Path) -> str:
-        """Write the coefficients as a tagged .npz; returns its SHA-256."""
-        return save_tagged_arrays(
-            path,
-            _CLASSIFIERS_FORMAT,
-            gender_coef=self.gender_coef,
-            gender_intercept=self.gender_intercept,
-            age_coef=self.age_coef,
-            age_intercept=self.age_intercept,
-            genders=np.array(GENDERS),
-            age_groups=np.array(AGE_GROUPS),
-        )
-
-    @classmethod
-    def load(cls, path: Path, *, sha256: str | None = None) -> AttributeClassifiers:
-        arrays = load_tagged_arrays(path, _CLASSIFIERS_FORMAT, "attribute classifiers", sha256=sha256)
-        return cls(
-            gender_coef=arrays["gender_coef"],
-            gender_intercept=arrays["gender_intercept"],
-            age_coef=arrays["age_coef"],
-            age_intercept=arrays["age_intercept"],
-        )
 
 
 def committed_classifiers() -> AttributeClassifiers:

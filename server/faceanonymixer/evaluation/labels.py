@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-GENDERS = ("male", "female")
+from faceanonymixer.models.attribute_classifiers import GENDERS
+
 RACES = ("white", "black", "asian", "indian", "others")
-#: lower bounds of the apparent-age groups (16-29, 30-44, 45-59, 60+)
+#: lower bounds of the apparent-age groups (``attribute_classifiers.AGE_GROUPS``: 16-29, ..., 60+)
 AGE_GROUP_STARTS = (16, 30, 45, 60)
-AGE_GROUPS = ("16-29", "30-44", "45-59", "60+")
 
 _UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_")
 _LFW_NAMES = Path(__file__).with_name("lfw_gender.tsv")
@@ -52,7 +52,7 @@ Labeller = Callable[[str, str, Path], PhotoLabels | None]
 
 
 def age_group(age: float) -> int | None:
-    """Index into :data:`AGE_GROUPS` of an age in years; None under 16 (no group)."""
+    """Index into ``AGE_GROUPS`` of an age in years; None under 16 (no group)."""
     if age < AGE_GROUP_STARTS[0]:
         return None
     return sum(age >= start for start in AGE_GROUP_STARTS) - 1

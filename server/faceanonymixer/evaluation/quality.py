@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from faceanonymixer.evaluation.attributes import (
-    AttributeClassifiers,
     FaceAttributes,
     FaceReader,
     attribute_summary,
@@ -28,6 +27,7 @@ from faceanonymixer.evaluation.realism import (
     realism_report,
     split_identities,
 )
+from faceanonymixer.models.attribute_classifiers import AttributeClassifiers
 
 Progress = Callable[[int], object]
 #: protected settings whose attributes are measured: own key, shared key

@@ -1,12 +1,14 @@
-"""Fit the gender and age-group classifiers of the evaluation: ``faceanonymixer models fit-attributes``.
+"""Fit apparent-gender and age-group classifiers: ``faceanonymixer models fit-attributes``.
 
 Training data: UTKFace photos whose file names carry the labels (``utk_train``: one folder per
 photo; :func:`faceanonymixer.evaluation.labels.utk_labels`), adults only (16 and over, the age
 groups' range). Each photo is read as the evaluation reads every photo
 (:class:`~faceanonymixer.evaluation.attributes.FaceReader`: FaceNet on dlib's aligned chip);
-photos where dlib finds no face are left out and counted. The
-classifiers are judges: nothing here ever reaches a loss. UTKFace's terms are non-commercial
-research, and so are the fitted coefficients.
+photos where dlib finds no face are left out and counted. Those
+classifiers are judges: nothing of them ever reaches a loss. The same fit over a registered
+recognizer's embeddings (``--recognizer dlib``) gives the protection loop's attribute term its
+classifiers (``engine/attribute_term.py``), separate from the judges. UTKFace's terms are
+non-commercial research, and so are the fitted coefficients.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from faceanonymixer.evaluation.attributes import AttributeClassifiers, fit_attribute_classifiers
-from faceanonymixer.evaluation.labels import GENDERS, PhotoLabels, utk_labels
+from faceanonymixer.evaluation.attributes import fit_attribute_classifiers
+from faceanonymixer.evaluation.labels import PhotoLabels, utk_labels
 from faceanonymixer.faces.datasets import list_identity_images
+from faceanonymixer.models.attribute_classifiers import GENDERS, AttributeClassifiers
 from faceanonymixer.utils.errors import FaceAnonyMixerError
 from faceanonymixer.utils.files import write_atomic
 
 TRAINING_DATA = "utk_train: UTKFace photos labelled by their file names (age_gender_race), adults 16+"
+#: the evaluation's reading of a face (FaceNet on dlib's chip, ``evaluation.attributes.FaceReader``)
+JUDGE_READING = "facenet"
 TERMS = "UTKFace: non-commercial research use only; these coefficients inherit that restriction"
 
 
@@ -58,18 +63,28 @@ def labelled_photos(root: Path, *, per_cell: int | None = None, seed: int = 0) -
 
 
 def embed_photos(
-    photos: list[LabelledPhoto], *, cache: Path | None = None, progress: Callable[[int], object] | None = None
+    photos: list[LabelledPhoto],
+    *,
+    recognizer: str = JUDGE_READING,
+    cache: Path | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
-    """(n, 512) FaceNet embeddings, NaN rows where no face was found; ``cache`` (an .npz keyed by
-    the photos' paths and the reading's method) is read when it matches and written otherwise, as
-    embedding takes minutes."""
+    """(n, d) embeddings, NaN rows where no face was found: FaceNet's as the evaluation reads each
+    photo (``recognizer`` "facenet"), or a registered recognizer's on the chip the engine gives it
+    (the loss recognizer's own view, for the protection loop's attribute term). ``cache`` (an .npz
+    keyed by the photos' paths and the reading's method) is read when it matches and written
+    otherwise, as embedding takes minutes."""
     from faceanonymixer.evaluation.attributes import FaceReader
     from faceanonymixer.evaluation.pairs import stack_embeddings
     from faceanonymixer.faces.imageio import load_image
 
     names = np.array([str(photo.path) for photo in photos])
     # a cache of another reading of the faces (another crop or network) must not be reused
-    method = np.array(f"facenet-chip-{FaceReader.CHIP_SIZE}-{FaceReader.CHIP_PADDING}")
+    method = np.array(
+        f"facenet-chip-{FaceReader.CHIP_SIZE}-{FaceReader.CHIP_PADDING}"
+        if recognizer == JUDGE_READING
+        else f"{recognizer}-engine-chip"
+    )
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as stored:
             if (
@@ -78,11 +93,14 @@ def embed_photos(
                 and np.array_equal(stored["paths"], names)
             ):
                 return np.asarray(stored["embeddings"])
-    reader = FaceReader()
+    read = (
+        _judge_reading(FaceReader(), load_image)
+        if recognizer == JUDGE_READING
+        else _engine_reading(recognizer)
+    )
     found = []
     for photo in photos:
-        reading = reader(load_image(photo.path))
-        found.append(reading.embedding if reading is not None else None)
+        found.append(read(photo.path))
         if progress is not None:
             progress(1)
     embeddings = stack_embeddings(found)
@@ -93,16 +111,46 @@ def embed_photos(
     return embeddings
 
 
+def _judge_reading(reader: Any, load_image: Callable[[Path], Any]) -> Callable[[Path], np.ndarray | None]:
+    def read(path: Path) -> np.ndarray | None:
+        reading = reader(load_image(path))
+        return reading.embedding if reading is not None else None
+
+    return read
+
+
+def _engine_reading(recognizer: str) -> Callable[[Path], np.ndarray | None]:
+    """The recognizer's embedding of the dlib chip at its input size, as ``faces.embedding`` and
+    the engine cut it."""
+    from faceanonymixer.faces.alignment import FaceAligner
+    from faceanonymixer.faces.embedding import embed_chips
+    from faceanonymixer.models.recognizers import load_recognizer
+
+    network = load_recognizer(recognizer, device="cpu")
+    aligner = FaceAligner()
+
+    def read(path: Path) -> np.ndarray | None:
+        try:
+            chip = aligner.align(path, size=network.input_size[0]).image
+        except FaceAnonyMixerError:
+            return None
+        return np.asarray(embed_chips(network, [chip]))[0]
+
+    return read
+
+
 def fit_from_photos(
     root: Path,
     *,
+    recognizer: str = JUDGE_READING,
     per_cell: int | None = None,
     cache: Path | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> tuple[AttributeClassifiers, dict[str, Any]]:
-    """Embed the labelled photos under ``root`` and fit the classifiers; returns them and a summary."""
+    """Embed the labelled photos under ``root`` (:func:`embed_photos`) and fit the classifiers;
+    returns them and a summary."""
     photos = labelled_photos(root, per_cell=per_cell)
-    embeddings = embed_photos(photos, cache=cache, progress=progress)
+    embeddings = embed_photos(photos, recognizer=recognizer, cache=cache, progress=progress)
     found = np.all(np.isfinite(embeddings), axis=1)
     genders = np.array([GENDERS.index(p.labels.gender or "") for p in photos])
     ages = np.array([p.labels.age_group for p in photos])
