@@ -1,6 +1,7 @@
 """Protection speed on this machine: seconds per face, FLOPs per step, achieved GFLOP/s.
 
     .venv/bin/python benchmarks/protect.py ../shared/faces/lfw --repeats 5 [--json out.json]
+    .venv/bin/python benchmarks/protect.py ../shared/faces/lfw --revision R   # an archived revision
 
 * the reference loop (``benchmarks/reference_loop.py``: one face at a time, float32 eager, every
   input recomputed each step) against the engine (one face per call, then all faces in one batch;
@@ -35,7 +36,7 @@ import torch
 from reference_loop import reference_protect
 from torch.utils.flop_counter import FlopCounterMode
 
-from faceanonymixer.engine.profiles import OptimisationConfig, get_profile
+from faceanonymixer.engine.profiles import OptimisationConfig, get_profile, profile_revision, served_profiles
 from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, Subject
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.evaluation.judges import DlibJudge
@@ -235,6 +236,7 @@ def main() -> None:
     parser.add_argument("faces", type=Path, nargs="?", help="folder of <identity>/<image> photos")
     parser.add_argument("--faces-dir", type=Path, default=Path("../shared/faces/lfw"))
     parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--revision", help="an archived revision of the profile (default: its current one)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting")
     parser.add_argument("--people", type=int, default=10, help="people in the reference/engine comparison")
     parser.add_argument("--per-person", type=int, default=3, help="photos per person in the comparison")
@@ -254,6 +256,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     profile = get_profile(args.profile)
+    if args.revision is not None:
+        profile = served_profiles(profile)[args.revision]
     overrides = {}
     for item in args.override:
         name, _, value = item.partition("=")
@@ -262,6 +266,7 @@ def main() -> None:
     config = engine.config
     report: dict[str, Any] = {
         "profile": profile.profile_id,
+        "revision": profile_revision(profile),
         "config": {name: getattr(config, name) for name in config.__dataclass_fields__},
         "threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()),

@@ -7,13 +7,14 @@ Needs the committed weights and the shared face photos (skips otherwise); tiny s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from committed import committed_entry
 
-from faceanonymixer.engine.profiles import EMBEDDED, EMBEDDED_DIVERSE_STATS
+from faceanonymixer.engine.profiles import EMBEDDED
 from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, ProtectionResult, Subject
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.faces.embedding import chips_to_tensor
@@ -42,7 +43,7 @@ def run(engine: ProtectionEngine, face: PreparedFace, weight: float) -> Protecti
 
 @pytest.mark.parametrize("setting", [{"lambda_attr_classes": 1.0}, {"attribute_targets": True}])
 def test_a_profile_without_classifiers_refuses_the_settings(setting: dict[str, object]) -> None:
-    without = EMBEDDED_DIVERSE_STATS  # no classifiers
+    without = replace(EMBEDDED, attribute_classifiers=None)
     config = without.optimisation.with_overrides(**setting)
     with pytest.raises(ValueError, match=f"no attribute classifiers for {next(iter(setting))}"):
         ProtectionEngine(without, optimisation=config, device="cpu")
@@ -63,9 +64,8 @@ def test_attribute_targets_are_read_as_the_photo_is(engine: ProtectionEngine, fa
     classes = engine.identities.attributes
     assert classes is not None
     mean = engine.passes.embed(chips_to_tensor([face.chip.image], engine.device))
-    kept_config = engine.profile.optimisation
-    assert kept_config.attribute_targets  # the default profile's
-    plain_config = kept_config.with_overrides(attribute_targets=False)
+    plain_config = engine.profile.optimisation
+    kept_config = plain_config.with_overrides(attribute_targets=True)
     _, plain = engine.key_start_and_target(KEY, mean, plain_config)
     _, kept = engine.key_start_and_target(KEY, mean, kept_config)
     photo_gender, photo_age = classes.log_probabilities(mean)

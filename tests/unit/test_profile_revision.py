@@ -56,13 +56,8 @@ def test_a_setting_added_later_counts_only_away_from_its_default() -> None:
     assert "kept_axes" not in profiles._FIRST_REVISION_SETTINGS
     at_default = profiles._optimisation_document(profiles.EMBEDDED_LFW_STATS.optimisation)
     assert set(at_default) == profiles._FIRST_REVISION_SETTINGS  # kept_axes (later) at 0: left out
-    document = profiles._optimisation_document(profiles.EMBEDDED_DIVERSE_STATS.optimisation)  # kept_axes 2
+    document = profiles._optimisation_document(EMBEDDED.optimisation)  # kept_axes 2
     assert set(document) == profiles._FIRST_REVISION_SETTINGS | {"kept_axes"}
-    later = {"kept_axes", "lambda_attr_classes", "attribute_targets", "kept_shift"}
-    assert (
-        set(profiles._optimisation_document(EMBEDDED.optimisation))
-        == profiles._FIRST_REVISION_SETTINGS | later
-    )
 
 
 def test_the_revision_before_the_diverse_statistics_is_the_one_its_keys_were_migrated_to() -> None:
@@ -85,16 +80,19 @@ def test_a_server_serves_its_revision_and_the_archived_ones(monkeypatch: pytest.
     assert served_profiles(EMBEDDED, archived=False) == {profile_revision(EMBEDDED): EMBEDDED}
 
 
-def test_the_revisions_before_the_attribute_classifiers_stay_served_as_they_were() -> None:
-    """Keys made under the diverse statistics (the default until the attribute classifiers) keep
-    their faces: adding the ``attribute_classifiers`` role and its settings changed no revision
-    that does not use them."""
-    assert profile_revision(profiles.EMBEDDED_DIVERSE_STATS) == "3d103b0ec5f493f3"
-    assert profiles.EMBEDDED_DIVERSE_STATS.attribute_classifiers is None
-    assert profiles.EMBEDDED_DIVERSE_STATS in profiles.ARCHIVED_PROFILES
-    assert list(served_profiles(EMBEDDED)) == [
-        profile_revision(EMBEDDED),
-        profile_revision(profiles.EMBEDDED_LFW_STATS),
-        "3d103b0ec5f493f3",
-    ]
-    assert profile_revision(replace(EMBEDDED, attribute_classifiers=None)) != profile_revision(EMBEDDED)
+def test_attribute_classifiers_count_in_the_revision_only_where_a_setting_uses_them() -> None:
+    """``embedded`` names its attribute classifiers for opt-in settings: named but unused they
+    change no face, and its revision is the one of before they were named (keys made under it keep
+    their faces); the settings that use them make another revision, which digests the file."""
+    assert EMBEDDED.attribute_classifiers is not None
+    assert profile_revision(EMBEDDED) == "3d103b0ec5f493f3"
+    assert profile_revision(replace(EMBEDDED, attribute_classifiers=None)) == "3d103b0ec5f493f3"
+    attributes = {"lambda_attr_classes": 2.0, "attribute_targets": True, "kept_shift": 1.0}
+    opted_in = with_optimisation_overrides(EMBEDDED, attributes)
+    assert profile_revision(opted_in) == "184fd622e43c50b2"  # the record's measured revision
+    assert set(profiles._optimisation_document(opted_in.optimisation)) == (
+        profiles._FIRST_REVISION_SETTINGS | {"kept_axes", *attributes}
+    )
+    for setting in ("lambda_attr_classes", "attribute_targets"):
+        only = with_optimisation_overrides(EMBEDDED, {setting: attributes[setting]})
+        assert profile_revision(only) != profile_revision(replace(only, attribute_classifiers="other"))

@@ -157,6 +157,7 @@ class Profile:
     identity_basis: str | None = None
     #: apparent-gender and age-group classifiers over the recognizer's embeddings (a name in the
     #: committed weights manifest; ``models/attribute_classifiers.py``), for ``lambda_attr_classes``
+    #: and ``attribute_targets``
     attribute_classifiers: str | None = None
 
 
@@ -207,9 +208,8 @@ EMBEDDED_LFW_STATS = replace(
     ),
 )
 
-#: The default until the attribute classifiers (below), archived: the revision above with
-#: everything fitted on real faces refitted on LFW and UTKFace together (``lfw_train`` +
-#: ``utk_train``, balanced by race x gender; UTKFace is non-commercial
+#: The default: the revision above with everything fitted on real faces refitted on LFW and
+#: UTKFace together (``lfw_train`` + ``utk_train``, balanced by race x gender; UTKFace is non-commercial
 #: research data, see the weights manifest): the identity mean and principal axes
 #: ("dlib-identity-diverse-*") and the identity-to-code map ("lfw-dcgan-diverse-identity-code"). The
 #: LFW-only mean put Black and Asian women far from the centre, where their targets crowded
@@ -217,28 +217,18 @@ EMBEDDED_LFW_STATS = replace(
 #: principal axes (kept_axes), where groups (gender, skin tone, age) differ most, and the key
 #: rotates the identity inside the next ones: people of one group are spread by the key instead of
 #: drawn towards one region, at a cost in unlinkability.
-#: docs/decisions/2026-12-07-diverse-statistics-and-kept-axes.md.
-EMBEDDED_DIVERSE_STATS = replace(
+#: docs/decisions/2026-12-07-diverse-statistics-and-kept-axes.md. Its attribute classifiers
+#: (over dlib's embeddings, fitted on utk_train) are named for opt-in settings only
+#: (lambda_attr_classes, attribute_targets, with kept_shift): measured and not made the default,
+#: docs/decisions/2026-12-07-attribute-classifiers-in-the-loss.md; named but unused, they are not
+#: part of the revision.
+EMBEDDED = replace(
     EMBEDDED_LFW_STATS,
     identity_mean="dlib-identity-diverse-mean",
     identity_basis="dlib-identity-diverse-basis",
     identity_code_map="lfw-dcgan-diverse-identity-code",
-    optimisation=replace(EMBEDDED_LFW_STATS.optimisation, kept_axes=2, source_axes=50),
-)
-
-#: The default: the revision above, and the photo's apparent gender and age group kept as the loss
-#: recognizer reads them (classifiers over dlib's embeddings fitted on utk_train,
-#: "dlib-attribute-classifiers"): the key's target is moved to where they read as the photo does
-#: (attribute_targets) and the loop holds the protected face there (lambda_attr_classes). The kept
-#: axes' coordinates move by a key-seeded offset (kept_shift 1 standard deviation), the same for
-#: everyone under one key, so that they no longer repeat a person's identity under every key.
-#: docs/decisions/2026-12-07-attribute-classifiers-in-the-loss.md.
-EMBEDDED = replace(
-    EMBEDDED_DIVERSE_STATS,
     attribute_classifiers="dlib-attribute-classifiers",
-    optimisation=replace(
-        EMBEDDED_DIVERSE_STATS.optimisation, lambda_attr_classes=2.0, attribute_targets=True, kept_shift=1.0
-    ),
+    optimisation=replace(EMBEDDED_LFW_STATS.optimisation, kept_axes=2, source_axes=50),
 )
 
 #: The published models: StyleGAN2 FFHQ 1024 (W+ 18 x 512; rows 0-2 from the key, 3-7 optimised, 8-17
@@ -274,7 +264,7 @@ def get_profile(name: str) -> Profile:
 #: under them keep their protected faces: when a profile's weights or settings change, put its
 #: previous ``Profile`` here (its generator, encoder and weights stay registered and committed).
 #: A server loads an archived revision's models on the first call that needs them.
-ARCHIVED_PROFILES: tuple[Profile, ...] = (EMBEDDED_LFW_STATS, EMBEDDED_DIVERSE_STATS)
+ARCHIVED_PROFILES: tuple[Profile, ...] = (EMBEDDED_LFW_STATS,)
 
 #: the weight files each registry name loads: ("committed", manifest name), ("zoo", model zoo
 #: name) or ("package", a function giving the path of a file shipped by an installed package)
@@ -303,9 +293,12 @@ def profile_revision(profile: Profile) -> str:
         "identity_code_map": profile.identity_code_map,
         "identity_basis": profile.identity_basis,
     }
-    if profile.attribute_classifiers is not None:
-        # a role added since revisions were introduced: digested only where set, so that adding
-        # it changed no revision
+    settings = profile.optimisation
+    if profile.attribute_classifiers is not None and (
+        settings.lambda_attr_classes or settings.attribute_targets
+    ):
+        # a role added since revisions were introduced: digested only where a setting uses it, as
+        # only then does it change protected faces
         names["attribute_classifiers"] = profile.attribute_classifiers
     weights = {
         f"{role}:{_NAMES_AT_FIRST_REVISION.get(name, name)}": _weights_digest(name)
