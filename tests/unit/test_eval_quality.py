@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -371,3 +372,20 @@ def test_the_reconstruction_is_the_generators_own_rendering_of_the_photo(
     )[0]
     original = protected.original_face.astype(np.float64)
     assert np.abs(first - original).mean() < np.abs(protected.face.astype(np.float64) - original).mean()
+
+
+def test_the_report_names_the_revision_that_ran() -> None:
+    from types import SimpleNamespace
+
+    from faceanonymixer.engine.profiles import get_profile, profile_revision, with_optimisation_overrides
+    from faceanonymixer.evaluation.report import _settings
+
+    run: Any = SimpleNamespace(threads_per_job=1)  # only its threads_per_job is read
+    plain = _settings(EvalConfig(datasets=(Path("x"),)), run)
+    assert plain["profile_revision"] == profile_revision(get_profile("embedded"))
+    overrides = {"lambda_attr_classes": 2.0, "attribute_targets": True, "kept_shift": 1.0}
+    opted_in = _settings(EvalConfig(datasets=(Path("x"),), optimisation=overrides), run)
+    assert opted_in["profile_revision"] == profile_revision(
+        with_optimisation_overrides(get_profile("embedded"), overrides)
+    )
+    assert opted_in["profile_revision"] != plain["profile_revision"]

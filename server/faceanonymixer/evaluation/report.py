@@ -3,7 +3,7 @@
 ``report.json`` (stable keys; every rate a share in [0, 1], every distance Euclidean)::
 
     {"schema": 2, "dataset": {"path", "paths", "sets", "identities", "photos", ...}, "profile": ...,
-     "settings": {...},
+     "settings": {"profile_revision", "seed", "steps", "overrides", ...},
      "judges": {"dlib": {"unprotected": {"eer", "auc", "thresholds": {"1e-2", "1e-3"}, ...},
                          "protected_same_key": {"eer", "auc", "tar": {...}, "fmr": {...}},
                          "anonymity": {"psr": {...}, "psr_source": {...}, "psr_others": {...}},
@@ -381,10 +381,14 @@ def _dataset(config: EvalConfig, run: ProtectionRun) -> dict[str, Any]:
 
 
 def _settings(config: EvalConfig, run: ProtectionRun) -> dict[str, Any]:
-    from faceanonymixer.engine.profiles import get_profile
+    from faceanonymixer.engine.profiles import get_profile, profile_revision, with_optimisation_overrides
 
-    optimisation = get_profile(config.profile).optimisation.with_overrides(**config.optimisation)
+    profile = with_optimisation_overrides(get_profile(config.profile), config.optimisation)
+    optimisation = profile.optimisation
     return {
+        # the revision of what ran (the profile's with the overrides): a report read later says
+        # which faces it measured even after the profile's default has moved on
+        "profile_revision": profile_revision(profile),
         "seed": config.seed,
         "steps": optimisation.steps,
         "inversion_steps": optimisation.inversion_steps,
