@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,17 +93,16 @@ def embed_photos(
                 and np.array_equal(stored["paths"], names)
             ):
                 return np.asarray(stored["embeddings"])
-    read = (
-        _judge_reading(FaceReader(), load_image)
-        if recognizer == JUDGE_READING
-        else _engine_reading(recognizer)
-    )
-    found = []
-    for photo in photos:
-        found.append(read(photo.path))
-        if progress is not None:
-            progress(1)
-    embeddings = stack_embeddings(found)
+    if recognizer == JUDGE_READING:
+        reader, found = FaceReader(), []
+        for photo in photos:
+            reading = reader(load_image(photo.path))
+            found.append(reading.embedding if reading is not None else None)
+            if progress is not None:
+                progress(1)
+        embeddings = stack_embeddings(found)
+    else:
+        embeddings = _engine_embeddings(photos, recognizer, progress)
     if cache is not None:
         buffer = io.BytesIO()
         np.savez(buffer, paths=names, embeddings=embeddings, method=method)
@@ -111,32 +110,27 @@ def embed_photos(
     return embeddings
 
 
-def _judge_reading(reader: Any, load_image: Callable[[Path], Any]) -> Callable[[Path], np.ndarray | None]:
-    def read(path: Path) -> np.ndarray | None:
-        reading = reader(load_image(path))
-        return reading.embedding if reading is not None else None
-
-    return read
-
-
-def _engine_reading(recognizer: str) -> Callable[[Path], np.ndarray | None]:
-    """The recognizer's embedding of the dlib chip at its input size, as ``faces.embedding`` and
-    the engine cut it."""
+def _engine_embeddings(
+    photos: list[LabelledPhoto], recognizer: str, progress: Callable[[int], object] | None
+) -> np.ndarray:
+    """The recognizer's embeddings of the dlib chip at its input size, as the engine cuts it
+    (``faces.embedding.embed_images``), NaN rows where no face was aligned."""
+    from faceanonymixer.evaluation.pairs import stack_embeddings
     from faceanonymixer.faces.alignment import FaceAligner
-    from faceanonymixer.faces.embedding import embed_chips
+    from faceanonymixer.faces.embedding import embed_images
     from faceanonymixer.models.recognizers import load_recognizer
 
-    network = load_recognizer(recognizer, device="cpu")
-    aligner = FaceAligner()
+    def items() -> Iterator[tuple[str, Path]]:
+        for index, photo in enumerate(photos):
+            yield str(index), photo.path
+            if progress is not None:
+                progress(1)  # asked for the next photo: this one is aligned
 
-    def read(path: Path) -> np.ndarray | None:
-        try:
-            chip = aligner.align(path, size=network.input_size[0]).image
-        except FaceAnonyMixerError:
-            return None
-        return np.asarray(embed_chips(network, [chip]))[0]
-
-    return read
+    faces = embed_images(items(), aligner=FaceAligner(), recognizer=load_recognizer(recognizer, device="cpu"))
+    found: list[np.ndarray | None] = [None] * len(photos)
+    for label, embedding in zip(faces.labels, faces.embeddings, strict=True):
+        found[int(label)] = embedding
+    return stack_embeddings(found)
 
 
 def fit_from_photos(
