@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from faceanonymixer import Protector
-from faceanonymixer.engine.profiles import get_profile, served_profiles
+from faceanonymixer.engine.profiles import get_profile, served_revision
 
 KEYS = {"A": hashlib.sha256(b"refactor-key-a").digest(), "B": hashlib.sha256(b"refactor-key-b").digest()}
 
@@ -42,7 +42,7 @@ def main() -> None:
     photos = sorted(arguments.faces.glob("*/*"))[:50:5]  # 10 photos of 10 people
     profile = get_profile("embedded")
     if arguments.revision is not None:
-        profile = served_profiles(profile)[arguments.revision]
+        profile = served_revision(profile, arguments.revision)
     protector = Protector(profile=profile, threads=1)
     digests, pixels = {}, {}
     for key_name, key in KEYS.items():

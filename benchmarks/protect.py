@@ -36,7 +36,7 @@ import torch
 from reference_loop import reference_protect
 from torch.utils.flop_counter import FlopCounterMode
 
-from faceanonymixer.engine.profiles import OptimisationConfig, get_profile, profile_revision, served_profiles
+from faceanonymixer.engine.profiles import OptimisationConfig, get_profile, profile_revision, served_revision
 from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, Subject
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.evaluation.judges import DlibJudge
@@ -257,7 +257,7 @@ def main() -> None:
 
     profile = get_profile(args.profile)
     if args.revision is not None:
-        profile = served_profiles(profile)[args.revision]
+        profile = served_revision(profile, args.revision)
     overrides = {}
     for item in args.override:
         name, _, value = item.partition("=")

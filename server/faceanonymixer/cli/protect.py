@@ -42,22 +42,18 @@ def load_local_key(
     to another profile, and a key made under a revision this version no longer has: its enrolled
     faces were protected with other models or settings); with the revision of ``profile`` that
     protects under it: the key's own (store), ``revision`` or the current one (key file)."""
-    from faceanonymixer.engine.profiles import get_profile, served_profiles
+    from faceanonymixer.engine.profiles import get_profile, served_profiles, served_revision
     from faceanonymixer.utils.errors import InvalidRequestError
 
     try:
         current = get_profile(profile)
     except ValueError as error:
         raise InvalidRequestError(str(error), field="profile") from None
-    served = served_profiles(current)
     if key_file is not None:
-        if revision is not None and revision not in served:
-            known = ", ".join(served)
-            raise InvalidRequestError(
-                f"profile {profile!r} has no revision {revision!r}; this version has {known}",
-                field="revision",
-            )
-        chosen = served[revision] if revision is not None else current
+        try:
+            chosen = served_revision(current, revision) if revision is not None else current
+        except ValueError as error:
+            raise InvalidRequestError(str(error), field="revision") from None
         return ProtectionKey.from_file(key_file, version=key_version), chosen
     assert key_id is not None
     if revision is not None:
@@ -65,6 +61,7 @@ def load_local_key(
     from faceanonymixer.keystore import KeyEncryptionKey, KeyStore
     from faceanonymixer.service.settings import ServiceSettings
 
+    served = served_profiles(current)
     settings = ServiceSettings.load(None, keystore=keystore)
     with KeyStore.open(settings.keystore, KeyEncryptionKey.from_env()) as store:
         record, key = store.key_for_use(tenant, key_id, profile=profile, revisions=served)

@@ -376,6 +376,18 @@ def served_profiles(current: Profile, *, archived: bool = True) -> dict[str, Pro
     return served
 
 
+def served_revision(current: Profile, revision: str) -> Profile:
+    """The profile of ``revision`` among those a server with ``current`` serves
+    (:func:`served_profiles`); ValueError naming the revisions this version has."""
+    served = served_profiles(current)
+    if revision not in served:
+        known = ", ".join(served)
+        raise ValueError(
+            f"profile {current.profile_id!r} has no revision {revision!r}; this version has {known}"
+        )
+    return served[revision]
+
+
 def with_optimisation_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
     """``profile`` as a server configured with ``optimisation`` overrides runs it (another
     revision unless the overrides repeat the defaults)."""
