@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import EVALUATION_SETS
 from faceanonymixer import AlignedFace, FaceAligner
-from faceanonymixer.faces.alignment import DEFAULT_PADDING, AlignmentStyle, paste_back, warp_affine
+from faceanonymixer.faces.alignment import paste_back, warp_affine
 from faceanonymixer.faces.datasets import list_identity_images
 from faceanonymixer.faces.imageio import load_image
 from faceanonymixer.utils.errors import (
@@ -248,24 +248,3 @@ def test_a_face_is_found_in_at_least_97_percent_of_each_set(
             failures.append(f"{path.relative_to(faces_root)}: {error}")
     rate = 1 - len(failures) / len(items)
     assert rate >= 0.97, f"{name}: face found in {rate:.1%} of {len(items)} photos; missed: {failures[:10]}"
-
-
-@pytest.mark.parametrize("style", ["dlib", "ffhq"])
-def test_a_crop_can_be_cut_from_another_photo_where_the_face_is_found(
-    aligner: FaceAligner, lfw_photo: np.ndarray, style: AlignmentStyle
-) -> None:
-    # the face found in a shifted copy, the pixels cut from the photo (the engine cuts the
-    # original photo where the protected face pasted into it is found)
-    shifted = np.roll(lfw_photo, (3, -2), axis=(0, 1))
-    found = aligner.align(shifted, size=150, style=style)
-    cut = aligner.align_decoded(shifted, 150, DEFAULT_PADDING[style], style=style, cut_from=lfw_photo)
-    np.testing.assert_array_equal(cut.transform, found.transform)
-    expected = warp_affine(lfw_photo, cut.inverse_transform, (150, 150), border="reflect")
-    inner = (slice(10, -10), slice(10, -10))
-    assert np.abs(cut.image[inner].astype(int) - expected[inner].astype(int)).mean() < 2.0
-    assert np.abs(cut.image[inner].astype(int) - found.image[inner].astype(int)).mean() > 2.0
-
-
-def test_a_crop_source_of_another_size_is_refused(aligner: FaceAligner, lfw_photo: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="must be alike"):
-        aligner.align_decoded(lfw_photo, 150, 0.25, style="dlib", cut_from=lfw_photo[:-1])

@@ -48,13 +48,6 @@ class OptimisationConfig:
     #: ``views``); 0: all of them every step. One view a step costs one recognizer pass instead
     #: of ``views``, and over the steps the loss still sees every view
     views_per_step: int = 0
-    #: fractions of ``steps`` at which the loss re-aligns each protected face as a downstream
-    #: recognizer will: the face so far is pasted back into its photo, the aligner finds it
-    #: there, and from then on the loss sees the photo's chip cut at the protected face's own
-    #: landmarks (before: at the photo's). The protected face's landmarks move (about 2 px on
-    #: utk_dev), and the judge's chip with them; () keeps the photo's alignment throughout.
-    #: docs/decisions/2026-12-07-the-loss-sees-the-judges-alignment.md
-    realign_at: tuple[float, ...] = ()
     #: views of each photo averaged into its original embedding: 1 the photo as is, 2 with its
     #: mirror image too, a steadier estimate of who it is, so one person's photos get closer targets
     original_views: int = 1
@@ -104,8 +97,6 @@ class OptimisationConfig:
             raise ValueError("views_per_step must be 0 (every view) or between 1 and views")
         if self.original_views not in (1, 2):
             raise ValueError("original_views is 1 (the photo) or 2 (the photo and its mirror image)")
-        if not all(0.0 < m < 1.0 for m in self.realign_at):
-            raise ValueError("realign_at holds fractions of the steps, in (0, 1)")
         if not all(0.0 < m <= 1.0 for m in self.milestones):
             raise ValueError("milestones are fractions of the steps, in (0, 1]")
         if self.learning_rate <= 0 or self.inversion_learning_rate <= 0:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -55,7 +55,7 @@ from faceanonymixer.models.generator_base import Generator, LatentRole
 from faceanonymixer.models.generators import load_generator
 from faceanonymixer.models.inverters import load_inverter
 from faceanonymixer.models.recognizers import load_recognizer
-from faceanonymixer.utils.errors import FaceAnonyMixerError, ProtectionCancelledError
+from faceanonymixer.utils.errors import ProtectionCancelledError
 
 #: feathered border of the pasted face, as a fraction of the crop (loss and paste-back agree)
 FEATHER = 0.1
@@ -64,8 +64,6 @@ ATTRIBUTE_POOL = 16
 VIEW_SEED = 20250701
 
 StopCheck = Callable[[], bool]
-#: generated faces [-1, 1] -> the recognizer chips with them pasted in, [0, 255]
-Composite = Callable[[torch.Tensor], torch.Tensor]
 #: called after each optimisation step with (steps done, steps in all)
 StepCallback = Callable[[int, int], object]
 
@@ -243,18 +241,8 @@ class ProtectionEngine:
         synthetic_latents = torch.cat(synthetic)
         target = torch.cat(targets)
 
-        latent, trace, composite = self._optimise(
-            real,
-            synthetic_latents,
-            target,
-            original,
-            owner,
-            crops,
-            composite,
-            check,
-            config,
-            on_step,
-            realign=lambda generated: self._pixels(self._realigned(faces, generated))[2],
+        latent, trace = self._optimise(
+            real, synthetic_latents, target, original, owner, crops, composite, check, config, on_step
         )
         optimised_at = time.perf_counter()
 
@@ -283,7 +271,9 @@ class ProtectionEngine:
             result.timings["total"] = sum(result.timings.values())
         return results
 
-    def _pixels(self, faces: Sequence[PreparedFace]) -> tuple[torch.Tensor, torch.Tensor, Composite]:
+    def _pixels(
+        self, faces: Sequence[PreparedFace]
+    ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """The faces' recognizer chips [0, 255], generator crops [-1, 1], and the map that pastes a
         generated face into the chips with the feathered mask (what the loss recognizer sees)."""
         chips = chips_to_tensor([f.chip.image for f in faces], self.device)
@@ -300,29 +290,6 @@ class ProtectionEngine:
             return masks * pixels + (1.0 - masks) * chips
 
         return chips, crops, composite
-
-    def _realigned(self, faces: Sequence[PreparedFace], generated: torch.Tensor) -> list[PreparedFace]:
-        """The faces with their recognizer chips cut where the aligner finds the ``generated``
-        faces pasted back into the photos (as the caller will receive them), from the original
-        photos' pixels: what a downstream recognizer aligns on. A face the aligner no longer
-        finds keeps its chip."""
-        size = self.profile.output_size or self.generator.image_size
-        images = ((generated.detach().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        style: Literal["dlib", "ffhq"] = "ffhq" if self.profile.alignment == "ffhq" else "dlib"
-        moved = []
-        for face, image in zip(faces, images, strict=True):
-            protected = _resize(image.permute(1, 2, 0).numpy(), size)
-            pasted = paste_back(face.photo, face.crop, protected, feather=FEATHER)
-            try:
-                chip = self.aligner.align_decoded(
-                    pasted, face.chip.image.shape[0], DEFAULT_PADDING[style], style=style, cut_from=face.photo
-                )
-            except FaceAnonyMixerError:
-                moved.append(face)
-                continue
-            grid = _chip_to_crop_grid(chip, face.crop, self.generator.image_size)
-            moved.append(replace(face, chip=chip, grid=grid))
-        return moved
 
     def reconstruct(
         self, faces: Sequence[PreparedFace], *, optimisation: OptimisationConfig | None = None
@@ -364,7 +331,7 @@ class ProtectionEngine:
         self,
         crops: torch.Tensor,
         original: torch.Tensor,
-        composite: Composite,
+        composite: Callable[[torch.Tensor], torch.Tensor],
         check: StopCheck,
         config: OptimisationConfig,
     ) -> torch.Tensor:
@@ -394,14 +361,11 @@ class ProtectionEngine:
         original: torch.Tensor,
         owner: torch.Tensor,
         crops: torch.Tensor,
-        composite: Composite,
+        composite: Callable[[torch.Tensor], torch.Tensor],
         check: StopCheck,
         config: OptimisationConfig,
         on_step: StepCallback | None = None,
-        realign: Callable[[torch.Tensor], Composite] | None = None,
-    ) -> tuple[torch.Tensor, list[LossTrace], Composite]:
-        """The optimised latents, each face's loss trace, and the composite the loss saw last
-        (another than ``composite`` where ``config.realign_at`` re-aligned the faces with ``realign``)."""
+    ) -> tuple[torch.Tensor, list[LossTrace]]:
         layout = self.generator.layout
         base = real.clone()
         key_rows = layout.rows(LatentRole.KEY)
@@ -414,7 +378,7 @@ class ProtectionEngine:
         variable = initial.clone().requires_grad_(True)
         traces = [LossTrace() for _ in range(len(real))]
         if not optimised_rows:
-            return base, traces, composite
+            return base, traces
 
         optimiser = torch.optim.Adam([variable], lr=config.learning_rate)
         milestones = sorted({max(1, round(m * config.steps)) for m in config.milestones})
@@ -431,13 +395,9 @@ class ProtectionEngine:
         steps: list[torch.Tensor] = []
         window = config.early_stop_patience + 1
         recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # (anonymity, identity) of the last steps
-        realign_steps = {round(fraction * config.steps) for fraction in config.realign_at} - {0}
         for step in range(config.steps):
             _stop_if(check)
             latent = base.index_copy(1, rows, variable)
-            if step in realign_steps and realign is not None:
-                with torch.no_grad():
-                    composite = realign(self.generator.synthesize(latent))
             seen = views_at_step(views, step, config.views_per_step)
             with self._autocast():
                 generated = self.generator.synthesize(latent).float()
@@ -490,7 +450,7 @@ class ProtectionEngine:
                 trace.identity.append(step[2][index])
                 trace.attributes.append(step[3][index])
                 trace.attribute_classes.append(step[4][index])
-        return base.index_copy(1, rows, variable.detach()), traces, composite
+        return base.index_copy(1, rows, variable.detach()), traces
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(

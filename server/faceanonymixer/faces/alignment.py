@@ -148,36 +148,23 @@ class FaceAligner:
         return self.align_decoded(self._load(image, color_order), size, padding, style=style)
 
     def align_decoded(
-        self,
-        pixels: RGBImage,
-        size: int,
-        padding: float,
-        *,
-        style: AlignmentStyle,
-        cut_from: RGBImage | None = None,
+        self, pixels: RGBImage, size: int, padding: float, *, style: AlignmentStyle
     ) -> AlignedFace:
         """:meth:`align` for a photo :func:`load_image` already decoded and checked (the engine's:
-        it keeps the decoded photo for the paste-back), with the padding resolved.
-
-        ``cut_from``: a photo of the same size whose pixels the crop is cut from, at the face
-        found in ``pixels`` (the engine cuts the original photo where a recognizer finds the
-        protected face pasted into it); ``None``: ``pixels`` itself."""
-        source = pixels if cut_from is None else cut_from
-        if source.shape != pixels.shape:
-            raise ValueError(f"cut_from is {source.shape}, the photo {pixels.shape}: they must be alike")
+        it keeps the decoded photo for the paste-back), with the padding resolved."""
         box = self._choose(self._detect(pixels))
         rect = dlib.rectangle(box.left, box.top, box.right - 1, box.bottom - 1)
         height, width = pixels.shape[:2]
         if style == "dlib":
             shape = self._five_point(pixels, rect)
             details = dlib.get_face_chip_details(shape, size, padding)
-            crop = np.ascontiguousarray(dlib.extract_image_chip(source, details), dtype=np.uint8)
+            crop = np.ascontiguousarray(dlib.extract_image_chip(pixels, details), dtype=np.uint8)
             transform = _chip_transform(details)
             landmarks = _points(shape)
         else:
             landmarks = _points(self._sixty_eight_point_predictor()(pixels, rect))
             transform = _ffhq_transform(landmarks, size, padding)
-            crop = warp_affine(source, _invert_affine(transform), (size, size), border="reflect")
+            crop = warp_affine(pixels, _invert_affine(transform), (size, size), border="reflect")
         return AlignedFace(
             image=crop,
             landmarks=landmarks,
