@@ -20,6 +20,7 @@ from faceanonymixer.models.dcgan import (
     Z_DIM,
     DCGANGenerator,
     DigiFaceDCGAN,
+    centre_cells,
     default_weights_path,
     load_digiface_dcgan,
 )
@@ -207,6 +208,27 @@ def test_latent_rows_are_the_first_feature_map_cells(generator: DCGANGenerator) 
     # row 4 * y + x is the spatial cell (y, x)
     torch.testing.assert_close(latent[:, 4 * 1 + 2], features[:, :, 1, 2])
     torch.testing.assert_close(latent[:, 4 * 3 + 0], features[:, :, 3, 0])
+
+
+def test_the_second_feature_map_as_latent(network: DigiFaceDCGAN) -> None:
+    generator = DCGANGenerator(network, blocks=2, key_blend=0.2, centre_key_blend=0.7)
+    assert generator.layout.shape == (64, 256)
+    z = torch.randn(3, Z_DIM, generator=torch.Generator().manual_seed(6))
+    latent = generator.mapping(z)
+    features = network.main[:6](z.reshape(3, Z_DIM, 1, 1))
+    # row 8 * y + x is the spatial cell (y, x) of the 8 x 8 map
+    torch.testing.assert_close(latent[:, 8 * 5 + 2], features[:, :, 5, 2])
+    torch.testing.assert_close(generator.synthesize(latent), network(z), rtol=1e-5, atol=1e-5)
+    # the centre half: rows and columns 2 to 5, eyes, nose and mouth as the 4 x 4 map's centre
+    centre = centre_cells(8)
+    assert centre == tuple(8 * y + x for y in range(2, 6) for x in range(2, 6))
+    weights = generator.layout.key_blend_of(range(64))
+    assert [cell for cell, weight in enumerate(weights) if weight == 0.7] == list(centre)
+
+
+def test_only_the_first_two_feature_maps_can_be_the_latent(network: DigiFaceDCGAN) -> None:
+    with pytest.raises(ValueError, match="after 1 or 2 blocks"):
+        DCGANGenerator(network, blocks=3)
 
 
 def test_synthesis_is_differentiable_in_the_latent(generator: DCGANGenerator) -> None:

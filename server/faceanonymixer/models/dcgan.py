@@ -95,51 +95,65 @@ class DCGANGenerator(Generator):
     """A DCGAN of :class:`DigiFaceDCGAN`'s shape (the DigiFace-1M weights or the LFW fine-tune), split
     like StyleGAN2 into mapping and synthesis.
 
-    ``mapping`` is the first block (z -> 512 x 4 x 4 feature map after batch norm and ReLU);
-    its 16 spatial cells (row 4y + x is cell (y, x)) are the latent's rows, coarse regions of the
-    face. ``optimised_cells`` start from a blend of the real and the key latents and are
-    optimised; the others stay the real face's. By default all 16 are optimised: the 100-d z
-    alone got no closer than about 0.6 to its target in 50 steps, the feature map about 0.4, and
-    the loss sees the face inside the real chip, which keeps it face-like.
+    ``mapping`` is the first ``blocks`` blocks (z -> the 512 x 4 x 4 feature map after batch norm
+    and ReLU for one block; the 256 x 8 x 8 one for two); the map's spatial cells (row ``side * y
+    + x`` is cell (y, x)) are the latent's rows, regions of the face. ``optimised_cells`` start
+    from a blend of the real and the key latents and are optimised; the others stay the real
+    face's. By default all are optimised: the 100-d z alone got no closer than about 0.6 to its
+    target in 50 steps, the feature map about 0.4, and the loss sees the face inside the real
+    chip, which keeps it face-like. The 8 x 8 map (``blocks`` 2) gives the loop more room: screened,
+    it kept people further apart for dlib (the loss recognizer) and brought them closer together
+    for FaceNet, with fewer faces found (docs/decisions/2026-12-07-where-shared-key-faces-become-alike.md).
 
     ``key_blend`` is the key's weight in every cell, unless ``centre_key_blend`` is given: then
-    the four centre cells (:data:`CENTRE_CELLS`: eyes, nose, mouth) take that weight and the
-    twelve border cells (forehead, hair, cheeks, chin, background) ``key_blend``.
+    the cells of the map's centre half (:func:`centre_cells`; for 4 x 4 :data:`CENTRE_CELLS`:
+    eyes, nose, mouth) take that weight and the border cells (forehead, hair, cheeks, chin,
+    background) ``key_blend``.
     """
 
     def __init__(
         self,
         network: DigiFaceDCGAN,
         *,
-        optimised_cells: tuple[int, ...] = tuple(range(16)),
+        blocks: int = 1,
+        optimised_cells: tuple[int, ...] | None = None,
         key_blend: float = 0.5,
         centre_key_blend: float | None = None,
     ) -> None:
         super().__init__()
+        if blocks not in (1, 2):
+            raise ValueError(f"the latent is the feature map after 1 or 2 blocks, not {blocks}")
         self.network = network
-        roles = tuple(
-            LatentRole.OPTIMISED if cell in optimised_cells else LatentRole.REAL for cell in range(_CELLS)
-        )
+        self.blocks = blocks
+        side = 4 * 2 ** (blocks - 1)
+        cells = side * side
+        chosen = range(cells) if optimised_cells is None else optimised_cells
+        roles = tuple(LatentRole.OPTIMISED if cell in chosen else LatentRole.REAL for cell in range(cells))
         blend: float | tuple[float, ...] = key_blend
         if centre_key_blend is not None:
-            blend = tuple(centre_key_blend if cell in CENTRE_CELLS else key_blend for cell in range(_CELLS))
-        self.layout = LatentLayout(roles=roles, width=_FIRST_WIDTH, key_blend=blend)
+            centre = centre_cells(side)
+            blend = tuple(centre_key_blend if cell in centre else key_blend for cell in range(cells))
+        self.layout = LatentLayout(roles=roles, width=_WIDTHS[blocks - 1], key_blend=blend)
         self.z_dim = Z_DIM
         self.image_size = IMAGE_SIZE
         self.landmark_template = DIGIFACE_LANDMARKS.copy()
 
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
-        features = self.network.main[:3](z.reshape(z.shape[0], Z_DIM, 1, 1))
+        features = self.network.main[: 3 * self.blocks](z.reshape(z.shape[0], Z_DIM, 1, 1))
         return features.flatten(2).transpose(1, 2)
 
     def synthesize(self, latent: torch.Tensor) -> torch.Tensor:
         side = math.isqrt(latent.shape[1])
-        features = latent.transpose(1, 2).reshape(latent.shape[0], _FIRST_WIDTH, side, side)
+        features = latent.transpose(1, 2).reshape(latent.shape[0], latent.shape[2], side, side)
         # the synthesis layers only ever saw post-ReLU features
-        return self.network.main[3:](torch.relu(features))
+        return self.network.main[3 * self.blocks :](torch.relu(features))
 
 
-_CELLS = 16
-_FIRST_WIDTH = 512
+def centre_cells(side: int) -> tuple[int, ...]:
+    """The cells of a ``side`` x ``side`` map's centre half (rows and columns side/4 to 3 side/4)."""
+    inner = range(side // 4, 3 * side // 4)
+    return tuple(side * y + x for y in inner for x in inner)
+
+
 #: the 2 x 2 centre of the 4 x 4 first feature map
-CENTRE_CELLS = (5, 6, 9, 10)
+CENTRE_CELLS = centre_cells(4)
