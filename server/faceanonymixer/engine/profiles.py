@@ -54,6 +54,11 @@ class OptimisationConfig:
     #: per-face latent refinement after the encoder (pixel + identity-feature loss)
     inversion_steps: int = 20
     inversion_learning_rate: float = 0.05
+    #: weight of the refinement's identity term (the distance of the refined face to the photo's
+    #: identity, in the loss recognizer); 0: the refinement fits the photo's pixels alone, and the
+    #: loop's start keeps what tells people apart without fitting one recognizer's reading of them
+    #: (docs/decisions/2026-12-07-where-shared-key-faces-become-alike.md)
+    inversion_identity_weight: float = 1.0
     #: dimensions of the original identity that survive into the key-derived target (of 128 for dlib)
     target_rank: int = 64
     #: scale of the target's distance from the real-face centre (1 keeps real-face spread)
@@ -101,6 +106,8 @@ class OptimisationConfig:
             raise ValueError("milestones are fractions of the steps, in (0, 1]")
         if self.learning_rate <= 0 or self.inversion_learning_rate <= 0:
             raise ValueError("learning rates must be positive")
+        if self.inversion_identity_weight < 0:
+            raise ValueError("inversion_identity_weight must not be negative")
         if not 0.0 <= self.synthetic_identity_weight <= 1.0:
             raise ValueError("synthetic_identity_weight must be between 0 and 1")
         if self.target_rank < 1:

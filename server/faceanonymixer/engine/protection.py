@@ -335,21 +335,24 @@ class ProtectionEngine:
         check: StopCheck,
         config: OptimisationConfig,
     ) -> torch.Tensor:
-        """Encoder, then a short refinement: pixel L1 + distance to the original identity."""
+        """Encoder, then a refinement: pixel L1 + ``inversion_identity_weight`` x the distance to
+        the original identity (at weight 0 the recognizer is not run)."""
         start = self.passes.invert(crops)
         if config.inversion_steps == 0:
             return start
         latent = start.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([latent], lr=config.inversion_learning_rate)
+        weight = config.inversion_identity_weight
         for _ in range(config.inversion_steps):
             _stop_if(check)
             with self._autocast():
                 generated = self.generator.synthesize(latent).float()
-                embedded = self.recognizer(composite(generated)).float()
-            pixel = (generated - crops).abs().mean(dim=(1, 2, 3))
-            identity = (embedded - original).norm(dim=1)
+                embedded = self.recognizer(composite(generated)).float() if weight else None
+            loss = (generated - crops).abs().mean(dim=(1, 2, 3))
+            if embedded is not None:
+                loss = loss + weight * (embedded - original).norm(dim=1)
             optimiser.zero_grad(set_to_none=True)
-            (pixel + identity).sum().backward()
+            loss.sum().backward()
             optimiser.step()
         return latent.detach()
 
