@@ -2,6 +2,7 @@
 
     python benchmarks/generator_diversity.py SET_DIR --max-identities 10 --max-images 3 \\
         --judges dlib,facenet [--profile embedded] [--state CHECKPOINT] [--seed 0] [--out report.json]
+    python benchmarks/generator_diversity.py ../shared/faces/utk_dev --per-cell 20 --min-images 1
 
 Protected faces of different people can only be as far apart, to a recognizer the engine never
 optimises through, as the generator's faces are. This measures that on the same photos and
@@ -18,7 +19,9 @@ pastes a protected one:
                     generator's own faces are: random pairs of faces should rarely match).
 
 Per judge and variant: impostor non-match (pairs of photos of different people) and genuine match
-(pairs of one person's photos), with their mean distances and the share of faces found; FaceNet's
+(pairs of one person's photos), with their mean distances and the share of faces found, and the
+impostor non-match within each labelled group (``--per-cell`` on ``utk_dev``: the evaluation's
+race x gender cells, the same people as ``faceanonymixer eval --per-cell``); FaceNet's
 threshold is taken at ``--fmr`` of the unprotected impostor pairs, as in ``judge_protection.py``
 (:mod:`faceanonymixer.evaluation.operating`).
 ``--state`` measures a ``models train-generator`` checkpoint instead of the profile's weights (its
@@ -106,6 +109,28 @@ def variant_measures(
     return {"found": faces_found(embeddings)["rate"], **verification_rates(labels, embeddings, threshold)}
 
 
+def cell_rates(
+    labels: Sequence[str],
+    cells: Sequence[str | None],
+    embeddings: dict[str, np.ndarray],
+    threshold: float | None,
+) -> dict[str, dict[str, float | None]]:
+    """Per labelled group: each variant's impostor non-match among the group's photos."""
+    rates: dict[str, dict[str, float | None]] = {}
+    for cell in sorted({cell for cell in cells if cell is not None}):
+        rows = [index for index, of in enumerate(cells) if of == cell]
+        mine = [labels[index] for index in rows]
+        rates[cell] = {
+            name: verification_rates(mine, embeddings[name][rows], threshold)["impostor_nonmatch"]["rate"]
+            for name in VARIANTS
+        }
+    return rates
+
+
+def _rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.3f}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,17 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    chosen = [(photo.label, photo.path) for photo in list_photos(selection_config(args))]
+    chosen = list_photos(selection_config(args))
     engine = ProtectionEngine(args.profile)
     step = load_training_state(engine, args.state) if args.state else None
-    labels, faces = [], []
-    for label, path in chosen:
+    labels, cells, faces = [], [], []
+    for photo in chosen:
         try:
-            faces.append(engine.prepare(path))
+            faces.append(engine.prepare(photo.path))
         except FaceAnonyMixerError as error:  # a photo without a face is reported and skipped
-            print(f"skipped {path}: {error}", file=sys.stderr)
+            print(f"skipped {photo.path}: {error}", file=sys.stderr)
             continue
-        labels.append(label)
+        labels.append(photo.label)
+        cells.append(photo.labels.cell if photo.labels else None)
     images = variant_images(engine, faces, args.seed)
     report: dict[str, Any] = {
         "profile": args.profile,
@@ -149,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["judges"][judge_name] = {
             "threshold": threshold,
             **{name: variant_measures(labels, embeddings[name], threshold) for name in VARIANTS},
+            "cells": cell_rates(labels, cells, embeddings, threshold),
         }
         print(f"{judge_name} (threshold {threshold:.4f}): impostor non-match / genuine match / found")
         for name in VARIANTS:
@@ -156,8 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"  {name:15s} {measures['impostor_nonmatch']['rate']:.3f} "
                 f"(mean {measures['impostor_nonmatch']['mean_distance']:.3f})  "
-                f"{measures['genuine_match']['rate']:.3f}  {measures['found']:.2f}"
+                f"{_rate(measures['genuine_match']['rate'])}  {measures['found']:.2f}"
             )
+        for cell, rates in report["judges"][judge_name]["cells"].items():
+            print(f"  {cell:22s} " + "  ".join(f"{name} {_rate(rates[name])}" for name in VARIANTS))
     if args.out:
         write_atomic(args.out, (json.dumps(report, indent=2) + "\n").encode())
     return 0

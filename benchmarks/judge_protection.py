@@ -72,6 +72,7 @@ def add_selection_arguments(
     parser.add_argument("--skip-identities", type=int, default=0, help="pass over the first N of each set")
     parser.add_argument("--max-images", type=int, default=max_images, help="photos per identity (by name)")
     parser.add_argument("--min-images", type=int, default=2, help="skip identities with fewer photos")
+    parser.add_argument("--per-cell", type=int, help="identities per labelled group (race x gender)")
 
 
 def selection_config(args: argparse.Namespace, **settings: Any) -> EvalConfig:
@@ -83,6 +84,7 @@ def selection_config(args: argparse.Namespace, **settings: Any) -> EvalConfig:
         skip_identities=args.skip_identities,
         max_images=args.max_images,
         min_images=args.min_images,
+        per_cell=args.per_cell,
         **settings,
     )
     if not list_photos(config):

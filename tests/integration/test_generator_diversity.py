@@ -39,3 +39,22 @@ def test_a_face_not_found_leaves_its_pairs_out(diversity: ModuleType) -> None:
     assert measures["impostor_nonmatch"]["skipped"] == 1
     assert measures["genuine_match"]["pairs"] == 0
     assert measures["genuine_match"]["rate"] is None
+
+
+def test_cell_rates_count_pairs_inside_each_group_only(diversity: ModuleType) -> None:
+    labels = ["a", "b", "c", "d", "e"]
+    cells = ["women", "women", "men", "men", None]
+    near, far = np.array([[0.0, 0.0], [0.3, 0.0]]), np.array([[0.0, 0.0], [3.0, 0.0]])
+    # across the groups every face is at distance 0.1 of another group's: those pairs do not count
+    rows = {
+        "unprotected": np.vstack([far, far + 0.1, [[9.0, 9.0]]]),
+        "crop": np.vstack([near, far, [[9.0, 9.0]]]),
+        "reconstruction": np.vstack([near, near, [[9.0, 9.0]]]),
+        "sample": np.vstack([far, [[np.nan, np.nan]], [0.0, 0.0], [[9.0, 9.0]]]),
+    }
+    rates = diversity.cell_rates(labels, cells, rows, 0.6)
+    assert set(rates) == {"men", "women"}
+    assert rates["women"] == {"unprotected": 1.0, "crop": 0.0, "reconstruction": 0.0, "sample": 1.0}
+    assert rates["men"]["unprotected"] == 1.0 and rates["men"]["crop"] == 1.0
+    assert rates["men"]["reconstruction"] == 0.0
+    assert rates["men"]["sample"] is None  # its one pair has a face not found
