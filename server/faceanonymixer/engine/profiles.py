@@ -55,9 +55,9 @@ class OptimisationConfig:
     inversion_steps: int = 20
     inversion_learning_rate: float = 0.05
     #: weight of the refinement's identity term (the distance of the refined face to the photo's
-    #: identity, in the loss recognizer); 0: the refinement fits the photo's pixels alone, and the
-    #: loop's start keeps what tells people apart without fitting one recognizer's reading of them
-    #: (docs/decisions/2026-12-07-where-shared-key-faces-become-alike.md)
+    #: identity, in the loss recognizer); 0: the refinement fits the photo's pixels alone, without
+    #: the recognizer. Screened as the loop's start (150 steps): more realistic faces, easier to
+    #: link across keys (docs/decisions/2026-12-07-where-shared-key-faces-become-alike.md)
     inversion_identity_weight: float = 1.0
     #: dimensions of the original identity that survive into the key-derived target (of 128 for dlib)
     target_rank: int = 64
