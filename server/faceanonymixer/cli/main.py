@@ -221,4 +221,3 @@ def _write_all(paths: list[Path], images: list[Any]) -> list[Path]:
             path.unlink(missing_ok=True)
         raise
     return written
-

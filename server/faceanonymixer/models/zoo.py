@@ -263,6 +263,7 @@ def normalise_sha256(value: str) -> str:
 
 # ---- verification ------------------------------------------------------------------------------
 
+
 # SHA-256 of files already hashed in this process, by identity and state: a loader that asks again
 # for an unchanged 300 MB file gets the answer without reading it. ctime changes on any write or
 # metadata change and cannot be set back by a user, so a replaced file is hashed again.
