@@ -301,8 +301,9 @@ class ProtectionEngine:
         if not faces:
             return []
         chips, crops, composite = self._pixels(faces)
-        # the refinement (when the profile has one) needs the photo's identity; the encoder does not
-        original = self._original_embeddings(chips, config) if config.inversion_steps else chips.new_zeros(0)
+        # only a refinement with an identity term needs the photo's identity; the encoder does not
+        needs_identity = config.inversion_steps and config.inversion_identity_weight
+        original = self._original_embeddings(chips, config) if needs_identity else chips.new_zeros(0)
         real = self._invert(crops, original, composite, lambda: False, config)
         with torch.no_grad():
             generated = self.generator.synthesize(real)
