@@ -36,7 +36,13 @@ import torch
 from reference_loop import reference_protect
 from torch.utils.flop_counter import FlopCounterMode
 
-from faceanonymixer.engine.profiles import OptimisationConfig, get_profile, profile_revision, served_revision
+from faceanonymixer.engine.profiles import (
+    OptimisationConfig,
+    get_profile,
+    profile_revision,
+    served_revision,
+    with_optimisation_overrides,
+)
 from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine, Subject
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.evaluation.judges import DlibJudge
@@ -262,7 +268,9 @@ def main() -> None:
     for item in args.override:
         name, _, value = item.partition("=")
         overrides[name] = json.loads(value.lower() if value in ("True", "False") else value)
-    engine = ProtectionEngine(profile, optimisation=profile.optimisation.with_overrides(**overrides))
+    # the profile as it runs with the overrides: its revision is the one measured
+    profile = with_optimisation_overrides(profile, overrides)
+    engine = ProtectionEngine(profile)
     config = engine.config
     report: dict[str, Any] = {
         "profile": profile.profile_id,
