@@ -26,8 +26,8 @@ from faceanonymixer.engine.protection import (
     PreparedFace,
     ProtectionEngine,
     _resize,
-    _view_transforms,
     set_memory_format,
+    view_transforms,
     views_at_step,
 )
 from faceanonymixer.engine.protection_key import ProtectionKey
@@ -114,7 +114,7 @@ def reference_step(
         latent[:, row] = variable[:, column]
     generated = engine.generator.synthesize(latent)
     chips = inputs.composite(generated)
-    views = views_at_step(_view_transforms(config.views, chips.device), step, config.views_per_step)
+    views = views_at_step(view_transforms(config.views, chips.device), step, config.views_per_step)
     embeddings = [engine.recognizer(view(chips)) for view in views]
     centre = engine.identities.centre
     anonymity = F.relu(

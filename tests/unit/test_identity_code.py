@@ -17,8 +17,10 @@ from faceanonymixer.engine.profiles import get_profile
 from faceanonymixer.engine.protection_key import ProtectionKey
 from faceanonymixer.models.identity_code import (
     IdentityCodeMap,
+    IdentityCodeNetwork,
     load_identity_code_map,
     save_identity_code_map,
+    save_identity_code_network,
 )
 from faceanonymixer.models.weights import committed_weights
 from faceanonymixer.training.identity_code import fit_identity_code_map
@@ -129,3 +131,34 @@ def test_fit_command_writes_a_loadable_map(faces_root: Path, tmp_path: Path) -> 
     assert "of 160 photos" in result.output
     code_map = load_identity_code_map(tmp_path / "lfw_dcgan_identity_code.npz")
     assert (code_map.z_dim, code_map.embedding_dim) == (100, 128)
+
+
+def test_an_untrained_network_gives_the_fitted_maps_codes_and_its_file_round_trips(tmp_path: Path) -> None:
+    linear = IdentityCodeMap(torch.randn(10, 16, generator=torch.Generator().manual_seed(1)), 6.5)
+    network = IdentityCodeNetwork(linear, hidden=8)
+    offsets = torch.randn(5, 16, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(network.code(offsets), linear.code(offsets))
+    with torch.no_grad():  # a trained correction moves the codes, never their length
+        for parameter in network.correction.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)))
+    codes = network.code(offsets)
+    assert not torch.allclose(codes, linear.code(offsets), atol=1e-3)
+    torch.testing.assert_close(codes.norm(dim=1), torch.full((5,), 6.5))
+    path = tmp_path / "network.npz"
+    sha256 = save_identity_code_network(network, path)
+    loaded = load_identity_code_map(path, sha256=sha256)
+    assert isinstance(loaded, IdentityCodeNetwork)
+    assert (loaded.z_dim, loaded.embedding_dim, loaded.hidden) == (10, 16, 8)
+    torch.testing.assert_close(loaded.code(offsets), codes)
+    with pytest.raises(ValueError, match=r"offsets must be \(N, 16\)"):
+        loaded.code(torch.zeros(2, 15))
+
+
+def test_a_network_file_without_its_layers_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "network.npz"
+    save_identity_code_network(IdentityCodeNetwork(IdentityCodeMap(torch.ones(4, 6), 1.0), hidden=3), path)
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files if name != "state.correction.4.weight"}
+    np.savez(path, **arrays)
+    with pytest.raises(ModelFormatError, match="not an identity code map"):
+        load_identity_code_map(path)

@@ -283,6 +283,85 @@ def fit_identity_code_command(
         typer.echo(f"{len(used)} of {len(photos)} photos; {target}  sha256 {sha256}")
 
 
+@models_app.command("train-identity-code")
+def train_identity_code_command(
+    data: DataOption,
+    checkpoint: Annotated[
+        Path, typer.Option(help="Resumable training state; the prepared faces are cached beside it.")
+    ],
+    profile: Annotated[
+        str, typer.Option(help="Profile whose models, settings and fitted code map are used.")
+    ] = "embedded",
+    start_axes: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="The profile's start_axes setting to train for (what of the target the network "
+            "reads; 0: all of it); default: the profile's.",
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Total steps of the training (over all runs).")] = 3000,
+    limit: Annotated[int, typer.Option(min=1, help="Photos to use.")] = 9000,
+    seed: Annotated[int, typer.Option()] = 0,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where the network goes (default: the committed weights).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Weights name (default: <generator>-identity-code-network).")
+    ] = None,
+    terms: TermsOption = "",
+) -> None:
+    """Train the network that turns a key's target identity into the code of a face that has it
+    (CPU; resumable from --checkpoint; recorded in the committed manifest when written there)."""
+    with one_line_errors():
+        import torch
+
+        from faceanonymixer.engine.profiles import get_profile
+        from faceanonymixer.engine.protection import ProtectionEngine
+        from faceanonymixer.faces.datasets import training_photos
+        from faceanonymixer.models.identity_code import save_identity_code_network
+        from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
+        from faceanonymixer.training.checkpoints import save_checkpoint
+        from faceanonymixer.training.identity_code_network import (
+            CodeNetworkTrainer,
+            CodeNetworkTraining,
+            TrainingFaces,
+            prepare_training_faces,
+        )
+
+        try:
+            chosen = get_profile(profile)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--profile") from None
+        config = chosen.optimisation
+        if start_axes is not None:
+            config = config.with_overrides(start_axes=start_axes)
+        engine = ProtectionEngine(chosen, optimisation=config)
+        cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
+        if cache.exists():
+            faces = TrainingFaces(**torch.load(cache, map_location="cpu"))
+        else:
+            faces = prepare_training_faces(engine, training_photos(data, limit))
+            save_checkpoint(vars(faces), cache)
+        trainer = CodeNetworkTrainer(engine, faces, CodeNetworkTraining(steps=steps, seed=seed))
+        network = trainer.run(checkpoint)
+        weights_name = name or f"{chosen.generator}-identity-code-network"
+        target_dir = out_dir or WEIGHTS_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"{weights_name.replace('-', '_')}.npz"
+        sha256 = save_identity_code_network(network, target)
+        if target_dir.resolve() == WEIGHTS_DIR.resolve():
+            record_weights(
+                weights_name,
+                target.name,
+                sha256,
+                _reproducing_command(),
+                data=_data_description(data, len(faces)),
+                terms=terms,
+            )
+        typer.echo(f"{len(faces)} faces, {trainer.step} steps; {target}  sha256 {sha256}")
+
+
 @models_app.command("fit-attributes")
 def fit_attributes_command(
     data: Annotated[Path, typer.Option(help="UTKFace-named training photos, one folder each (utk_train).")],

@@ -34,7 +34,7 @@ import torch
 from faceanonymixer.engine.attribute_term import AttributeTerm
 from faceanonymixer.engine.profiles import OptimisationConfig, Profile
 from faceanonymixer.engine.protection_key import ProtectionKey, key_generator
-from faceanonymixer.models.identity_code import IdentityCodeMap, load_identity_code_map
+from faceanonymixer.models.identity_code import IdentityCoder, load_identity_code_map
 from faceanonymixer.models.identity_stats import IdentityBasis, load_identity_basis, load_identity_mean
 from faceanonymixer.models.weights import weights_entry
 from faceanonymixer.utils.errors import ModelFormatError
@@ -154,7 +154,7 @@ class KeyedIdentities:
     #: principal axes of real identities (``target_subspace``, ``source_axes``, ``kept_axes``, ``start_axes``)
     basis: IdentityBasis | None
     #: fitted map from identities to generator codes (``synthetic_identity_weight`` > 0)
-    code_map: IdentityCodeMap | None
+    code_map: IdentityCoder | None
     z_dim: int
     #: the loss recognizer's attribute classifiers (``lambda_attr_classes``, ``attribute_targets``)
     attributes: AttributeTerm | None = None
@@ -197,6 +197,26 @@ class KeyedIdentities:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The code (1, z_dim) of the key's synthetic face, on the CPU, and the target identity
         (1, dim) for a subject whose original embedding (the mean over its photos) is ``mean``."""
+        subject, target = self.subject_and_target(key, mean, config)
+        identity_code = None
+        if subject is not None:
+            assert self.code_map is not None
+            identity_code = self.code_map.code(subject)
+        code = synthetic_code(
+            key,
+            self.profile_id,
+            self.z_dim,
+            mean - self.centre,
+            config.synthetic_identity_weight,
+            identity_code,
+        )
+        return code, target
+
+    def subject_and_target(
+        self, key: ProtectionKey, mean: torch.Tensor, config: OptimisationConfig
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """What the code map reads of the subject, (1, dim) around the centre (None where the
+        profile's key face takes nothing from a code map), and the target identity (1, dim)."""
         centre, kept = self.centre, config.kept_axes
         target_axes = self.axes(config.target_subspace, "target_subspace")
         source_axes = self.axes(config.source_axes, "source_axes")
@@ -216,23 +236,19 @@ class KeyedIdentities:
         mapping = mapping.to(mean.device)
         shift = self.kept_offset(key, config).to(mean)
         target = self.keep_attributes(target_identity(mean, centre, mapping) + shift, mean, config)
-        identity_code = None
-        if self.code_map is not None and config.synthetic_identity_weight > 0:
-            start_axes = self.axes(config.start_axes, "start_axes")
-            subject = target - centre
-            if start_axes is not None:
-                # the target of the subject's coarse identity: steadier across its photos
-                axes = start_axes.to(mean.device)
-                subject = (mean - centre) @ axes @ axes.T @ mapping.T
-                if config.kept_shift:
-                    subject = subject + shift
-                if config.attribute_targets:
-                    subject = self.keep_attributes(centre + subject, mean, config) - centre
-            identity_code = self.code_map.code(subject)
-        code = synthetic_code(
-            key, self.profile_id, self.z_dim, mean - centre, config.synthetic_identity_weight, identity_code
-        )
-        return code, target
+        if self.code_map is None or config.synthetic_identity_weight == 0:
+            return None, target
+        subject = target - centre
+        start_axes = self.axes(config.start_axes, "start_axes")
+        if start_axes is not None:
+            # the target of the subject's coarse identity: steadier across its photos
+            axes = start_axes.to(mean.device)
+            subject = (mean - centre) @ axes @ axes.T @ mapping.T
+            if config.kept_shift:
+                subject = subject + shift
+            if config.attribute_targets:
+                subject = self.keep_attributes(centre + subject, mean, config) - centre
+        return subject, target
 
     def kept_offset(self, key: ProtectionKey, config: OptimisationConfig) -> torch.Tensor:
         """The key's offset (dim,) of the kept coordinates (``kept_shift`` standard deviations of

@@ -279,8 +279,13 @@ class ProtectionEngine:
         chips = chips_to_tensor([f.chip.image for f in faces], self.device)
         crops = chips_to_tensor([f.crop.image for f in faces], self.device) / 127.5 - 1.0
         grids = torch.stack([f.grid for f in faces]).to(self.device)
+        return chips, crops, self.compositor(chips, grids)
+
+    def compositor(self, chips: torch.Tensor, grids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The map that pastes generated faces ([-1, 1]) into the recognizer chips ([0, 255]) with
+        the feathered mask, through the faces' chip-to-crop ``grids`` (:class:`PreparedFace`)."""
         masks = F.grid_sample(
-            self._mask.expand(len(faces), 1, -1, -1).to(self.device), grids, align_corners=False
+            self._mask.expand(len(chips), 1, -1, -1).to(self.device), grids, align_corners=False
         )
 
         def composite(generated: torch.Tensor) -> torch.Tensor:
@@ -289,7 +294,7 @@ class ProtectionEngine:
             )
             return masks * pixels + (1.0 - masks) * chips
 
-        return chips, crops, composite
+        return composite
 
     def reconstruct(
         self, faces: Sequence[PreparedFace], *, optimisation: OptimisationConfig | None = None
@@ -357,6 +362,20 @@ class ProtectionEngine:
             optimiser.step()
         return latent.detach()
 
+    def mixed_start(self, real: torch.Tensor, synthetic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loop's start from the real and the key's synthetic latents, by the generator's
+        layout: (the real latent with the KEY rows from the synthetic one, the initial value of
+        the OPTIMISED rows: their blend)."""
+        layout = self.generator.layout
+        base = real.clone()
+        key_rows = layout.rows(LatentRole.KEY)
+        optimised_rows = layout.rows(LatentRole.OPTIMISED)
+        base[:, key_rows] = synthetic[:, key_rows]
+        initial = self.generator.blend(
+            real[:, optimised_rows], synthetic[:, optimised_rows], layout.key_blend_of(optimised_rows)
+        )
+        return base, initial
+
     def _optimise(
         self,
         real: torch.Tensor,
@@ -370,14 +389,8 @@ class ProtectionEngine:
         config: OptimisationConfig,
         on_step: StepCallback | None = None,
     ) -> tuple[torch.Tensor, list[LossTrace]]:
-        layout = self.generator.layout
-        base = real.clone()
-        key_rows = layout.rows(LatentRole.KEY)
-        optimised_rows = layout.rows(LatentRole.OPTIMISED)
-        base[:, key_rows] = synthetic[:, key_rows]
-        initial = self.generator.blend(
-            real[:, optimised_rows], synthetic[:, optimised_rows], layout.key_blend_of(optimised_rows)
-        )
+        base, initial = self.mixed_start(real, synthetic)
+        optimised_rows = self.generator.layout.rows(LatentRole.OPTIMISED)
         rows = torch.tensor(optimised_rows, device=self.device)
         variable = initial.clone().requires_grad_(True)
         traces = [LossTrace() for _ in range(len(real))]
@@ -389,7 +402,7 @@ class ProtectionEngine:
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=milestones, gamma=config.gamma)
         centred_original = original - self.identities.centre
         pooled_real = F.adaptive_avg_pool2d(crops, ATTRIBUTE_POOL)
-        views = _view_transforms(config.views, self.device)
+        views = view_transforms(config.views, self.device)
         subject_sizes = torch.bincount(owner).to(real.dtype)
         several = (subject_sizes[owner] > 1).to(real.dtype)
         # measured wherever the profile has classifiers (two small products), weighted by the setting
@@ -628,7 +641,7 @@ def views_at_step(views: Sequence[ViewTransform], step: int, per_step: int) -> l
     return [views[(step * per_step + offset) % len(views)] for offset in range(per_step)]
 
 
-def _view_transforms(count: int, device: torch.device) -> list[ViewTransform]:
+def view_transforms(count: int, device: torch.device) -> list[ViewTransform]:
     """Plain, mirrored, then fixed random small rotations/scales/shifts with colour changes."""
     views: list[ViewTransform] = [lambda chips: chips, lambda chips: chips.flip(-1)]
     draws = torch.Generator().manual_seed(VIEW_SEED)

@@ -54,12 +54,21 @@ def load_tagged_arrays(
 ) -> dict[str, np.ndarray]:
     """The arrays of an .npz written by :func:`save_tagged_arrays` with ``format_tag``; anything
     else (another tag, a damaged or foreign file) is a :class:`ModelFormatError` naming ``what``."""
+    return load_tagged_arrays_of(path, (format_tag,), what, sha256=sha256)[1]
+
+
+def load_tagged_arrays_of(
+    path: Path, format_tags: tuple[str, ...], what: str, *, sha256: str | None = None
+) -> tuple[str, dict[str, np.ndarray]]:
+    """(tag, arrays) of an .npz written with one of ``format_tags`` (a file format's versions or
+    kinds); anything else is a :class:`ModelFormatError` naming ``what``."""
     check_sha256(path, sha256)
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["format"]) != format_tag:
-                raise ModelFormatError(f"{path}: not {what} ({data['format']})")
-            return {name: data[name] for name in data.files if name != "format"}
+            tag = str(data["format"])
+            if tag not in format_tags:
+                raise ModelFormatError(f"{path}: not {what} ({tag})")
+            return tag, {name: data[name] for name in data.files if name != "format"}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, ModelFormatError):
             raise

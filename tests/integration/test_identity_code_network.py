@@ -1,0 +1,132 @@
+"""Training the identity-to-code network: its objective is the engine's own start, a run resumes
+from its checkpoint exactly, and the command writes a network the profile's loader reads.
+
+Needs the committed weights and the shared face photos (skips otherwise); a few tiny steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from faceanonymixer.cli.main import app
+from faceanonymixer.engine.profiles import EMBEDDED
+from faceanonymixer.engine.protection import ProtectionEngine
+from faceanonymixer.engine.protection_key import ProtectionKey
+from faceanonymixer.models.generator_base import LatentRole
+from faceanonymixer.models.identity_code import IdentityCodeNetwork, load_identity_code_map
+from faceanonymixer.training.identity_code_network import (
+    CodeNetworkTrainer,
+    CodeNetworkTraining,
+    TrainingFaces,
+    jittered,
+    prepare_training_faces,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread", "weights")
+runner = CliRunner()
+PHOTOS = ("rose_leslie/img1.jpg", "rose_leslie/img2.jpg", "jennifer_aniston/img1.jpg")
+
+
+@pytest.fixture(scope="module")
+def engine() -> ProtectionEngine:
+    return ProtectionEngine(EMBEDDED, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def faces(engine: ProtectionEngine, faces_root: Path) -> TrainingFaces:
+    return prepare_training_faces(engine, [faces_root / "fr_examples" / photo for photo in PHOTOS])
+
+
+def test_the_objective_is_the_distance_of_the_engines_own_start(
+    engine: ProtectionEngine, faces: TrainingFaces, faces_root: Path
+) -> None:
+    key = ProtectionKey(bytes(range(32)))
+    trainer = CodeNetworkTrainer(engine, faces, CodeNetworkTraining(seed=1))
+    with torch.no_grad():
+        trained_view = trainer.distances([1], [key])
+        # the same start as the engine builds it for a protection (an untrained network gives
+        # the fitted map's codes)
+        face = engine.prepare(faces_root / "fr_examples" / PHOTOS[1])
+        chips, crops, composite = engine._pixels([face])
+        original = engine._original_embeddings(chips, engine.config)
+        synthetic, target = engine.key_start_and_target(key, original)
+        base, initial = engine.mixed_start(engine.passes.invert(crops), synthetic)
+        base[:, engine.generator.layout.rows(LatentRole.OPTIMISED)] = initial
+        embedded = engine.recognizer(composite(engine.generator.synthesize(base)))
+    torch.testing.assert_close(trained_view, (embedded - target).norm(dim=1), atol=1e-4, rtol=1e-4)
+    assert 0.3 < float(trained_view[0]) < 3.0
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(
+    engine: ProtectionEngine, faces: TrainingFaces, tmp_path: Path
+) -> None:
+    settings = {"batch_size": 2, "seed": 3, "checkpoint_every": 2}
+    straight = CodeNetworkTrainer(engine, faces, CodeNetworkTraining(steps=4, **settings)).run()
+    checkpoint = tmp_path / "state.pt"
+    CodeNetworkTrainer(engine, faces, CodeNetworkTraining(steps=2, **settings)).run(checkpoint)
+    resumed = CodeNetworkTrainer(engine, faces, CodeNetworkTraining(steps=4, **settings))
+    network = resumed.run(checkpoint)
+    assert resumed.step == 4
+    for (name, mine), (_, theirs) in zip(
+        network.state_dict().items(), straight.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(mine, theirs, msg=name)
+    # it trained: the correction moved off its zero start
+    assert network.correction[-1].weight.abs().max() > 0
+
+
+def test_jittered_chips_keep_their_shape_and_range_and_follow_the_seed() -> None:
+    chips = torch.rand(3, 3, 150, 150, generator=torch.Generator().manual_seed(0)) * 255
+    torch.manual_seed(5)
+    first = jittered(chips, 96)
+    torch.manual_seed(5)
+    again = jittered(chips, 96)
+    torch.testing.assert_close(first, again)
+    assert first.shape == chips.shape and float(first.min()) >= 0 and float(first.max()) <= 255
+    assert float((first - chips).abs().mean()) > 1.0
+
+
+def test_training_needs_a_fitted_linear_map_to_start_from(faces: TrainingFaces) -> None:
+    from dataclasses import replace
+
+    from faceanonymixer.utils.errors import FaceAnonyMixerError
+
+    bare = ProtectionEngine(replace(EMBEDDED, identity_code_map=None), device="cpu")
+    with pytest.raises(FaceAnonyMixerError, match="fitted linear identity code map"):
+        CodeNetworkTrainer(bare, faces, CodeNetworkTraining())
+
+
+def test_the_command_refuses_an_unknown_profile(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "models",
+            "train-identity-code",
+            "--data",
+            str(tmp_path),
+            "--checkpoint",
+            str(tmp_path / "s.pt"),
+            "--profile",
+            "nope",
+        ],
+    )
+    assert result.exit_code == 2 and "unknown profile 'nope'" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_command_writes_a_network_the_profiles_loader_reads(faces_root: Path, tmp_path: Path) -> None:
+    # a check of the command on a few photos, not a model
+    command = ["models", "train-identity-code", "--data", str(faces_root / "fr_examples"), "--limit", "3"]
+    command += ["--steps", "2", "--checkpoint", str(tmp_path / "state.pt"), "--out-dir", str(tmp_path)]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "2 steps" in result.output
+    assert (tmp_path / "state.pt.faces.pt").exists()
+    network = load_identity_code_map(tmp_path / "lfw_dcgan_identity_code_network.npz")
+    assert isinstance(network, IdentityCodeNetwork)
+    assert (network.z_dim, network.embedding_dim) == (100, 128)
