@@ -45,7 +45,7 @@ class CodeNetworkTraining:
     #: each sample's view also moved by a random small rotation, scale and shift, rescaled and
     #: recoloured: what a downstream recognizer's own alignment and resampling do to the face, so
     #: that the network renders identity another recognizer reads too (the screened network was
-    #: trained 2,850 steps without, then 1,250 with; the record)
+    #: trained about 2,860 steps without, then 1,500 with; the record)
     augment: bool = True
     seed: int = 0
     checkpoint_every: int = 100
