@@ -5,12 +5,15 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from faceanonymixer.cli.common import emit, one_line_errors
 from faceanonymixer.models.zoo import PINS_FILE, ZooModel
+
+if TYPE_CHECKING:
+    from faceanonymixer.engine.profiles import Profile
 
 models_app = typer.Typer(help="Train, list and verify model weights.", no_args_is_help=True)
 
@@ -59,6 +62,33 @@ def _reproducing_command() -> str:
     return shlex.join(["faceanonymixer", "models", *arguments])
 
 
+def _chosen_profile(name: str) -> Profile:
+    """The ``--profile`` option's profile; an unknown name is a usage error."""
+    from faceanonymixer.engine.profiles import get_profile
+
+    try:
+        return get_profile(name)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--profile") from None
+
+
+def _npz_target(weights_name: str, out_dir: Path | None) -> Path:
+    """Where the .npz of ``weights_name`` goes: ``out_dir``, or the committed weights folder."""
+    from faceanonymixer.models.weights import WEIGHTS_DIR
+
+    target_dir = out_dir or WEIGHTS_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    return target_dir / f"{weights_name.replace('-', '_')}.npz"
+
+
+def _record_if_committed(weights_name: str, target: Path, sha256: str, *, data: str, terms: str) -> None:
+    """Record ``target`` in the committed manifest when it was written among the committed weights."""
+    from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
+
+    if target.parent.resolve() == WEIGHTS_DIR.resolve():
+        record_weights(weights_name, target.name, sha256, _reproducing_command(), data=data, terms=terms)
+
+
 @models_app.command("train-encoder")
 def train_encoder_command(
     data: DataOption,
@@ -77,7 +107,7 @@ def train_encoder_command(
 
         from faceanonymixer.faces.datasets import training_photos
         from faceanonymixer.models.generators import load_generator
-        from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
+        from faceanonymixer.models.weights import WEIGHTS_DIR
         from faceanonymixer.training.encoder import EncoderTraining, aligned_training_faces, train_encoder
 
         torch.manual_seed(seed)
@@ -86,8 +116,7 @@ def train_encoder_command(
         faces = aligned_training_faces(training_photos(data, config.max_real_photos), model).pixels
         target = out or WEIGHTS_DIR / "digiface_dcgan_encoder.pt"
         sha256 = train_encoder(model, faces, target, config=config, checkpoint=checkpoint)
-        if target.parent.resolve() == WEIGHTS_DIR.resolve():
-            record_weights(ENCODER_WEIGHTS_NAME, target.name, sha256, _reproducing_command())
+        _record_if_committed(ENCODER_WEIGHTS_NAME, target, sha256, data="", terms="")
         typer.echo(f"{target}  sha256 {sha256}")
 
 
@@ -128,7 +157,7 @@ def train_generator_command(
         from faceanonymixer.faces.datasets import training_photos
         from faceanonymixer.models.dcgan import DCGANGenerator, load_digiface_dcgan, save_dcgan
         from faceanonymixer.models.latent_encoder import load_latent_encoder, save_latent_encoder
-        from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights, weights_entry
+        from faceanonymixer.models.weights import WEIGHTS_DIR, weights_entry
         from faceanonymixer.training.generator import (
             GeneratorTraining,
             cached_training_faces,
@@ -161,7 +190,6 @@ def train_generator_command(
             return
         target_dir = out_dir or WEIGHTS_DIR
         target_dir.mkdir(parents=True, exist_ok=True)
-        command = _reproducing_command()
         stem = name.replace("-", "_")
         written = {
             name: (f"{stem}.pt", save_dcgan(generator, target_dir / f"{stem}.pt")),
@@ -171,8 +199,7 @@ def train_generator_command(
             ),
         }
         for weights_name, (file, sha256) in written.items():
-            if target_dir.resolve() == WEIGHTS_DIR.resolve():
-                record_weights(weights_name, file, sha256, command)
+            _record_if_committed(weights_name, target_dir / file, sha256, data="", terms="")
             typer.echo(f"{target_dir / file}  sha256 {sha256}")
         for path in write_training_record(state, faces, target_dir, stem):
             typer.echo(str(path))
@@ -201,7 +228,7 @@ def identity_stats_command(
         from faceanonymixer.faces.datasets import training_photos
         from faceanonymixer.models.identity_stats import save_identity_basis, save_identity_mean
         from faceanonymixer.models.recognizers import load_recognizer
-        from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
+        from faceanonymixer.models.weights import WEIGHTS_DIR
         from faceanonymixer.training.identity_stats import embed_training_faces, identity_basis, identity_mean
 
         embeddings = embed_training_faces(
@@ -220,10 +247,7 @@ def identity_stats_command(
         }
         fitted_on = _data_description(data, len(embeddings))
         for weights_name, (target, sha256) in written.items():
-            if target_dir.resolve() == WEIGHTS_DIR.resolve():
-                record_weights(
-                    weights_name, target.name, sha256, _reproducing_command(), data=fitted_on, terms=terms
-                )
+            _record_if_committed(weights_name, target, sha256, data=fitted_on, terms=terms)
             typer.echo(f"{target}  sha256 {sha256}")
 
 
@@ -251,35 +275,22 @@ def fit_identity_code_command(
     with one_line_errors():
         from dataclasses import replace
 
-        from faceanonymixer.engine.profiles import get_profile
         from faceanonymixer.engine.protection import ProtectionEngine
         from faceanonymixer.faces.datasets import training_photos
         from faceanonymixer.models.identity_code import save_identity_code_map
-        from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
         from faceanonymixer.training.identity_code import fit_identity_code_map, measure_code_pairs
 
-        try:
-            chosen = get_profile(profile)
-        except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--profile") from None
+        chosen = _chosen_profile(profile)
         photos = training_photos(data, limit)
         # the map is what is being fitted: the engine runs without the committed one
         engine = ProtectionEngine(replace(chosen, identity_code_map=None))
         offsets, codes, used = measure_code_pairs(engine, photos)
         weights_name = name or f"{chosen.generator}-identity-code"
-        target_dir = out_dir or WEIGHTS_DIR
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"{weights_name.replace('-', '_')}.npz"
+        target = _npz_target(weights_name, out_dir)
         sha256 = save_identity_code_map(fit_identity_code_map(offsets, codes), target)
-        if target_dir.resolve() == WEIGHTS_DIR.resolve():
-            record_weights(
-                weights_name,
-                target.name,
-                sha256,
-                _reproducing_command(),
-                data=_data_description(data, len(used)),
-                terms=terms,
-            )
+        _record_if_committed(
+            weights_name, target, sha256, data=_data_description(data, len(used)), terms=terms
+        )
         typer.echo(f"{len(used)} of {len(photos)} photos; {target}  sha256 {sha256}")
 
 
@@ -316,11 +327,9 @@ def train_identity_code_command(
     with one_line_errors():
         import torch
 
-        from faceanonymixer.engine.profiles import get_profile
         from faceanonymixer.engine.protection import ProtectionEngine
         from faceanonymixer.faces.datasets import training_photos
         from faceanonymixer.models.identity_code import save_identity_code_network
-        from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
         from faceanonymixer.training.checkpoints import save_checkpoint
         from faceanonymixer.training.identity_code_network import (
             CodeNetworkTrainer,
@@ -329,10 +338,7 @@ def train_identity_code_command(
             prepare_training_faces,
         )
 
-        try:
-            chosen = get_profile(profile)
-        except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--profile") from None
+        chosen = _chosen_profile(profile)
         config = chosen.optimisation
         if start_axes is not None:
             config = config.with_overrides(start_axes=start_axes)
@@ -346,19 +352,11 @@ def train_identity_code_command(
         trainer = CodeNetworkTrainer(engine, faces, CodeNetworkTraining(steps=steps, seed=seed))
         network = trainer.run(checkpoint)
         weights_name = name or f"{chosen.generator}-identity-code-network"
-        target_dir = out_dir or WEIGHTS_DIR
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"{weights_name.replace('-', '_')}.npz"
+        target = _npz_target(weights_name, out_dir)
         sha256 = save_identity_code_network(network, target)
-        if target_dir.resolve() == WEIGHTS_DIR.resolve():
-            record_weights(
-                weights_name,
-                target.name,
-                sha256,
-                _reproducing_command(),
-                data=_data_description(data, len(faces)),
-                terms=terms,
-            )
+        _record_if_committed(
+            weights_name, target, sha256, data=_data_description(data, len(faces)), terms=terms
+        )
         typer.echo(f"{len(faces)} faces, {trainer.step} steps; {target}  sha256 {sha256}")
 
 
@@ -395,7 +393,6 @@ def fit_attributes_command(
         from tqdm import tqdm
 
         from faceanonymixer.models.recognizers import RECOGNIZERS
-        from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
         from faceanonymixer.training.attributes import JUDGE_READING, TERMS, TRAINING_DATA, fit_from_photos
 
         readings = [JUDGE_READING, *RECOGNIZERS.names()]
@@ -410,19 +407,15 @@ def fit_attributes_command(
                 data, recognizer=recognizer, per_cell=per_cell, cache=cache, progress=bar.update
             )
         weights_name = name or f"{recognizer}-attribute-classifiers"
-        target_dir = out_dir or WEIGHTS_DIR
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"{weights_name.replace('-', '_')}.npz"
+        target = _npz_target(weights_name, out_dir)
         sha256 = classifiers.save(target)
-        if target_dir.resolve() == WEIGHTS_DIR.resolve():
-            record_weights(
-                weights_name,
-                target.name,
-                sha256,
-                _reproducing_command(),
-                data=f"{TRAINING_DATA}; {summary['embedded']} of {summary['photos']} photos embedded",
-                terms=terms or TERMS,
-            )
+        _record_if_committed(
+            weights_name,
+            target,
+            sha256,
+            data=f"{TRAINING_DATA}; {summary['embedded']} of {summary['photos']} photos embedded",
+            terms=terms or TERMS,
+        )
         typer.echo(
             f"{summary['embedded']} of {summary['photos']} photos; 5-fold accuracy: gender "
             f"{summary['gender_cv_accuracy']:.3f}, age group {summary['age_group_cv_accuracy']:.3f}; "

@@ -3,14 +3,14 @@ generator encoder's codes of real photos on their centred embeddings."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from faceanonymixer.engine.protection import ProtectionEngine
+from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine
 from faceanonymixer.faces.embedding import chips_to_tensor
 from faceanonymixer.models.identity_code import IdentityCodeMap
 from faceanonymixer.models.inverters import MappedCodeInverter
@@ -33,6 +33,25 @@ def fit_identity_code_map(offsets: np.ndarray, codes: np.ndarray) -> IdentityCod
     return IdentityCodeMap(torch.from_numpy(regression.coef_).float(), norm)
 
 
+def prepared_training_faces(
+    engine: ProtectionEngine, photos: Sequence[Path], description: str
+) -> Iterator[tuple[Path, PreparedFace, torch.Tensor, torch.Tensor]]:
+    """(photo, its prepared face, recognizer chip [0, 255], generator crop [-1, 1]) for each photo
+    with exactly one face, with a progress bar; raises when no photo had one."""
+    found = 0
+    for path in tqdm(photos, desc=description, unit="photo", disable=None):
+        try:
+            face = engine.prepare(path)
+        except FaceAnonyMixerError:
+            continue
+        found += 1
+        chip = chips_to_tensor([face.chip.image], engine.device)
+        crop = chips_to_tensor([face.crop.image], engine.device) / 127.5 - 1.0
+        yield path, face, chip, crop
+    if not found:
+        raise FaceAnonyMixerError("no face could be aligned in the training photos")
+
+
 def measure_code_pairs(
     engine: ProtectionEngine, photos: Sequence[Path]
 ) -> tuple[np.ndarray, np.ndarray, list[Path]]:
@@ -45,16 +64,8 @@ def measure_code_pairs(
         )
     offsets, codes, used = [], [], []
     with torch.no_grad():
-        for path in tqdm(photos, desc="embedding and encoding faces", unit="photo"):
-            try:
-                face = engine.prepare(path)
-            except FaceAnonyMixerError:
-                continue
-            chip = chips_to_tensor([face.chip.image], engine.device)
-            crop = chips_to_tensor([face.crop.image], engine.device) / 127.5 - 1.0
+        for path, _, chip, crop in prepared_training_faces(engine, photos, "embedding and encoding faces"):
             offsets.append((engine.passes.embed(chip) - engine.identities.centre)[0].cpu().numpy())
             codes.append(inverter.code(crop)[0].cpu().numpy())
             used.append(path)
-    if not used:
-        raise FaceAnonyMixerError("no face could be aligned in the training photos")
     return np.stack(offsets), np.stack(codes), used

@@ -27,10 +27,10 @@ from tqdm import tqdm
 from faceanonymixer.engine.profiles import OptimisationConfig
 from faceanonymixer.engine.protection import ProtectionEngine, view_transforms
 from faceanonymixer.engine.protection_key import KEY_BYTES, ProtectionKey
-from faceanonymixer.faces.embedding import chips_to_tensor
 from faceanonymixer.models.generator_base import LatentRole
 from faceanonymixer.models.identity_code import IdentityCodeMap, IdentityCodeNetwork
 from faceanonymixer.training.checkpoints import save_checkpoint
+from faceanonymixer.training.identity_code import prepared_training_faces
 from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 
@@ -77,20 +77,13 @@ class TrainingFaces:
 def prepare_training_faces(engine: ProtectionEngine, photos: Sequence[Path]) -> TrainingFaces:
     """The engine's view of every photo with one face; photos without one are skipped."""
     chips, grids, originals, reals = [], [], [], []
+    described = "aligning, embedding and encoding faces"
     with torch.no_grad():
-        for path in tqdm(photos, desc="aligning, embedding and encoding faces", unit="photo", disable=None):
-            try:
-                face = engine.prepare(path)
-            except FaceAnonyMixerError:
-                continue
-            chip = chips_to_tensor([face.chip.image], engine.device)
-            crop = chips_to_tensor([face.crop.image], engine.device) / 127.5 - 1.0
+        for _, face, chip, crop in prepared_training_faces(engine, photos, described):
             originals.append(engine._original_embeddings(chip, engine.config)[0].cpu())
             reals.append(engine.passes.invert(crop)[0].cpu())
             chips.append(torch.from_numpy(face.chip.image.copy()))
             grids.append(face.grid.half())
-    if not chips:
-        raise FaceAnonyMixerError("no face could be aligned in the training photos")
     return TrainingFaces(torch.stack(chips), torch.stack(grids), torch.stack(originals), torch.stack(reals))
 
 
