@@ -36,6 +36,7 @@ import torch
 from reference_loop import reference_protect
 from torch.utils.flop_counter import FlopCounterMode
 
+from faceanonymixer.cli.common import parsed_settings
 from faceanonymixer.engine.profiles import (
     OptimisationConfig,
     get_profile,
@@ -264,10 +265,7 @@ def main() -> None:
     profile = get_profile(args.profile)
     if args.revision is not None:
         profile = served_revision(profile, args.revision)
-    overrides = {}
-    for item in args.override:
-        name, _, value = item.partition("=")
-        overrides[name] = json.loads(value.lower() if value in ("True", "False") else value)
+    overrides = parsed_settings(args.override)
     # the profile as it runs with the overrides: its revision is the one measured
     profile = with_optimisation_overrides(profile, overrides)
     engine = ProtectionEngine(profile)

@@ -118,6 +118,43 @@ def test_the_command_refuses_an_unknown_profile(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("start_axes", "expected NAME=VALUE"),
+        ("start_axes=zero", "expected NAME=VALUE with a JSON value"),
+        ("no_such_setting=1", "unknown optimisation settings: no_such_setting"),
+        ("kept_shift=1", "kept_shift must not be negative, and needs kept_axes"),
+    ],
+)
+def test_the_command_refuses_a_bad_setting_before_reading_photos(
+    tmp_path: Path, setting: str, says: str
+) -> None:
+    from faceanonymixer.engine.profiles import EMBEDDED
+
+    command = ["models", "train-identity-code", "--data", str(tmp_path)]
+    command += ["--checkpoint", str(tmp_path / "s.pt")]
+    if "kept_shift" in setting:  # a setting that is valid alone but not with this profile's others
+        command += ["--setting", "kept_axes=0"]
+        assert EMBEDDED.optimisation.kept_axes
+    result = runner.invoke(app, [*command, "--setting", setting])
+    assert result.exit_code == 2 and says in " ".join(result.output.split())
+    assert not list(tmp_path.iterdir())
+
+
+def test_settings_are_read_as_json() -> None:
+    from faceanonymixer.cli.common import parsed_settings
+
+    items = ["start_axes=0", "attribute_targets=True", "milestones=[0.5]", " kept_shift = 1.5 "]
+    assert parsed_settings(items) == {
+        "start_axes": 0,
+        "attribute_targets": True,
+        "milestones": [0.5],
+        "kept_shift": 1.5,
+    }
+    assert parsed_settings(None) == {}
+
+
 @pytest.mark.slow
 def test_the_command_writes_a_network_the_profiles_loader_reads(faces_root: Path, tmp_path: Path) -> None:
     # a check of the command on a few photos, not a model

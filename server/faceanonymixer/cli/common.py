@@ -89,6 +89,31 @@ ThreadsOption = Annotated[
 ]
 
 
+SettingOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--setting",
+        help="An optimisation setting in place of the profile's, NAME=VALUE with a JSON value "
+        "(e.g. start_axes=0, attribute_targets=true, milestones=[0.5]); repeatable.",
+    ),
+]
+
+
+def parsed_settings(items: list[str] | None) -> dict[str, Any]:
+    """``--setting`` values as optimisation overrides (``True``/``False`` read as JSON's
+    ``true``/``false``); ValueError naming the one that is not NAME=VALUE with a JSON value."""
+    settings: dict[str, Any] = {}
+    for item in items or ():
+        name, equals, value = (part.strip() for part in item.partition("="))
+        try:
+            if not equals or not name:
+                raise ValueError
+            settings[name] = json.loads({"True": "true", "False": "false"}.get(value, value))
+        except ValueError:
+            raise ValueError(f"--setting {item!r}: expected NAME=VALUE with a JSON value") from None
+    return settings
+
+
 def options_from(
     builder: Callable[..., Any], name: str
 ) -> Callable[[Callable[..., _Result]], Callable[..., _Result]]:

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from faceanonymixer.cli.common import emit, one_line_errors
+from faceanonymixer.cli.common import SettingOption, emit, one_line_errors, parsed_settings
 from faceanonymixer.models.zoo import PINS_FILE, ZooModel
 
 if TYPE_CHECKING:
-    from faceanonymixer.engine.profiles import Profile
+    from faceanonymixer.engine.profiles import OptimisationConfig, Profile
 
 models_app = typer.Typer(help="Train, list and verify model weights.", no_args_is_help=True)
 
@@ -70,6 +70,14 @@ def _chosen_profile(name: str) -> Profile:
         return get_profile(name)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--profile") from None
+
+
+def _with_settings(profile: Profile, items: list[str] | None) -> OptimisationConfig:
+    """``profile``'s optimisation with the ``--setting`` overrides; a bad one is a usage error."""
+    try:
+        return profile.optimisation.with_overrides(**parsed_settings(items))
+    except (ValueError, TypeError) as error:
+        raise typer.BadParameter(str(error), param_hint="--setting") from None
 
 
 def _npz_target(weights_name: str, out_dir: Path | None) -> Path:
@@ -303,14 +311,7 @@ def train_identity_code_command(
     profile: Annotated[
         str, typer.Option(help="Profile whose models, settings and fitted code map are used.")
     ] = "embedded",
-    start_axes: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="The profile's start_axes setting to train for (what of the target the network "
-            "reads; 0: all of it); default: the profile's.",
-        ),
-    ] = None,
+    setting: SettingOption = None,
     steps: Annotated[int, typer.Option(min=1, help="Total steps of the training (over all runs).")] = 3000,
     limit: Annotated[int, typer.Option(min=1, help="Photos to use.")] = 9000,
     seed: Annotated[int, typer.Option()] = 0,
@@ -339,9 +340,9 @@ def train_identity_code_command(
         )
 
         chosen = _chosen_profile(profile)
-        config = chosen.optimisation
-        if start_axes is not None:
-            config = config.with_overrides(start_axes=start_axes)
+        # the network is trained for the settings it will run with (start_axes 0: it reads the
+        # whole target; attribute_targets: it meets attribute-kept targets)
+        config = _with_settings(chosen, setting)
         engine = ProtectionEngine(chosen, optimisation=config)
         cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
         if cache.exists():
