@@ -56,7 +56,7 @@ def refined(
     during the refinement into ``recognizer_calls``."""
     config = engine.profile.optimisation.with_overrides(**settings)
     chips, crops, composite = engine._pixels([face])
-    original = engine._original_embeddings(chips, config)
+    original = engine.original_embeddings(chips, config)
     with counted_passes(engine) as calls:
         latent = engine._invert(crops, original, composite, lambda: False, config)
     if recognizer_calls is not None:

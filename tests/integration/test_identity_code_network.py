@@ -52,7 +52,7 @@ def test_the_objective_is_the_distance_of_the_engines_own_start(
         # the fitted map's codes)
         face = engine.prepare(faces_root / "fr_examples" / PHOTOS[1])
         chips, crops, composite = engine._pixels([face])
-        original = engine._original_embeddings(chips, engine.config)
+        original = engine.original_embeddings(chips, engine.config)
         synthetic, target = engine.key_start_and_target(key, original)
         base, initial = engine.mixed_start(engine.passes.invert(crops), synthetic)
         base[:, engine.generator.layout.rows(LatentRole.OPTIMISED)] = initial

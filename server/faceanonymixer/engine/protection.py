@@ -226,7 +226,7 @@ class ProtectionEngine:
         timer = time.perf_counter()
 
         chips, crops, composite = self._pixels(faces)
-        original = self._original_embeddings(chips, config)
+        original = self.original_embeddings(chips, config)
         real = self._invert(crops, original, composite, check, config)
         inverted_at = time.perf_counter()
 
@@ -308,7 +308,7 @@ class ProtectionEngine:
         chips, crops, composite = self._pixels(faces)
         # only a refinement with an identity term needs the photo's identity; the encoder does not
         needs_identity = config.inversion_steps and config.inversion_identity_weight
-        original = self._original_embeddings(chips, config) if needs_identity else chips.new_zeros(0)
+        original = self.original_embeddings(chips, config) if needs_identity else chips.new_zeros(0)
         real = self._invert(crops, original, composite, lambda: False, config)
         with torch.no_grad():
             generated = self.generator.synthesize(real)
@@ -324,7 +324,7 @@ class ProtectionEngine:
         code, target = self.identities.start_and_target(key, mean, config or self.config)
         return self.generator.mapping(code.to(self.device)), target
 
-    def _original_embeddings(self, chips: torch.Tensor, config: OptimisationConfig) -> torch.Tensor:
+    def original_embeddings(self, chips: torch.Tensor, config: OptimisationConfig) -> torch.Tensor:
         """The photos' own identities: what anonymity pushes away from and targets derive from."""
         original = self.passes.embed(chips)
         if config.original_views == 2:

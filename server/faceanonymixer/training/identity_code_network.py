@@ -80,7 +80,7 @@ def prepare_training_faces(engine: ProtectionEngine, photos: Sequence[Path]) -> 
     described = "aligning, embedding and encoding faces"
     with torch.no_grad():
         for _, face, chip, crop in prepared_training_faces(engine, photos, described):
-            originals.append(engine._original_embeddings(chip, engine.config)[0].cpu())
+            originals.append(engine.original_embeddings(chip, engine.config)[0].cpu())
             reals.append(engine.passes.invert(crop)[0].cpu())
             chips.append(torch.from_numpy(face.chip.image.copy()))
             grids.append(face.grid.half())
