@@ -149,7 +149,7 @@ def test_settings_are_read_as_json() -> None:
     assert parsed_settings(items) == {
         "start_axes": 0,
         "attribute_targets": True,
-        "milestones": [0.5],
+        "milestones": (0.5,),
         "kept_shift": 1.5,
     }
     assert parsed_settings(None) == {}

@@ -101,16 +101,18 @@ SettingOption = Annotated[
 
 def parsed_settings(items: list[str] | None) -> dict[str, Any]:
     """``--setting`` values as optimisation overrides (``True``/``False`` read as JSON's
-    ``true``/``false``); ValueError naming the one that is not NAME=VALUE with a JSON value."""
+    ``true``/``false``, a list as the tuple the settings hold); ValueError naming the one that is
+    not NAME=VALUE with a JSON value."""
     settings: dict[str, Any] = {}
     for item in items or ():
         name, equals, value = (part.strip() for part in item.partition("="))
         try:
             if not equals or not name:
                 raise ValueError
-            settings[name] = json.loads({"True": "true", "False": "false"}.get(value, value))
+            parsed = json.loads({"True": "true", "False": "false"}.get(value, value))
         except ValueError:
             raise ValueError(f"--setting {item!r}: expected NAME=VALUE with a JSON value") from None
+        settings[name] = tuple(parsed) if isinstance(parsed, list) else parsed
     return settings
 
 
