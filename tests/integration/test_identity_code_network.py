@@ -22,6 +22,7 @@ from faceanonymixer.training.identity_code_network import (
     CodeNetworkTrainer,
     CodeNetworkTraining,
     TrainingFaces,
+    cached_training_faces,
     jittered,
     prepare_training_faces,
 )
@@ -98,6 +99,29 @@ def test_training_needs_a_fitted_linear_map_to_start_from(faces: TrainingFaces) 
     bare = ProtectionEngine(replace(EMBEDDED, identity_code_map=None), device="cpu")
     with pytest.raises(FaceAnonyMixerError, match="fitted linear identity code map"):
         CodeNetworkTrainer(bare, faces, CodeNetworkTraining())
+
+
+def test_prepared_faces_are_cached_for_their_photos(
+    engine: ProtectionEngine, faces: TrainingFaces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faceanonymixer.training import identity_code_network
+    from faceanonymixer.utils.errors import FaceAnonyMixerError
+
+    selected, cache = [tmp_path / "set" / "ann" / "1.jpg"], tmp_path / "s.pt.faces.pt"
+    calls: list[list[Path]] = []
+
+    def prepare(engine: ProtectionEngine, photos: list[Path]) -> TrainingFaces:
+        calls.append(list(photos))
+        return faces
+
+    monkeypatch.setattr(identity_code_network, "prepare_training_faces", prepare)
+    first = cached_training_faces(engine, selected, cache)
+    again = cached_training_faces(engine, selected, cache)
+    assert calls == [selected]
+    for name in ("chips", "grids", "originals", "reals"):
+        torch.testing.assert_close(getattr(again, name), getattr(first, name), rtol=0, atol=0)
+    with pytest.raises(FaceAnonyMixerError, match="holds other training faces"):
+        cached_training_faces(engine, [tmp_path / "set" / "bob" / "1.jpg"], cache)
 
 
 def test_the_command_refuses_an_unknown_profile(tmp_path: Path) -> None:

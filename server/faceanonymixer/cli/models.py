@@ -89,7 +89,9 @@ def _npz_target(weights_name: str, out_dir: Path | None) -> Path:
     return target_dir / f"{weights_name.replace('-', '_')}.npz"
 
 
-def _record_if_committed(weights_name: str, target: Path, sha256: str, *, data: str, terms: str) -> None:
+def _record_if_committed(
+    weights_name: str, target: Path, sha256: str, *, data: str = "", terms: str = ""
+) -> None:
     """Record ``target`` in the committed manifest when it was written among the committed weights."""
     from faceanonymixer.models.weights import WEIGHTS_DIR, record_weights
 
@@ -124,7 +126,7 @@ def train_encoder_command(
         faces = aligned_training_faces(training_photos(data, config.max_real_photos), model).pixels
         target = out or WEIGHTS_DIR / "digiface_dcgan_encoder.pt"
         sha256 = train_encoder(model, faces, target, config=config, checkpoint=checkpoint)
-        _record_if_committed(ENCODER_WEIGHTS_NAME, target, sha256, data="", terms="")
+        _record_if_committed(ENCODER_WEIGHTS_NAME, target, sha256)
         typer.echo(f"{target}  sha256 {sha256}")
 
 
@@ -207,7 +209,7 @@ def train_generator_command(
             ),
         }
         for weights_name, (file, sha256) in written.items():
-            _record_if_committed(weights_name, target_dir / file, sha256, data="", terms="")
+            _record_if_committed(weights_name, target_dir / file, sha256)
             typer.echo(f"{target_dir / file}  sha256 {sha256}")
         for path in write_training_record(state, faces, target_dir, stem):
             typer.echo(str(path))
@@ -326,17 +328,13 @@ def train_identity_code_command(
     """Train the network that turns a key's target identity into the code of a face that has it
     (CPU; resumable from --checkpoint; recorded in the committed manifest when written there)."""
     with one_line_errors():
-        import torch
-
         from faceanonymixer.engine.protection import ProtectionEngine
         from faceanonymixer.faces.datasets import training_photos
         from faceanonymixer.models.identity_code import save_identity_code_network
-        from faceanonymixer.training.checkpoints import save_checkpoint
         from faceanonymixer.training.identity_code_network import (
             CodeNetworkTrainer,
             CodeNetworkTraining,
-            TrainingFaces,
-            prepare_training_faces,
+            cached_training_faces,
         )
 
         chosen = _chosen_profile(profile)
@@ -345,11 +343,7 @@ def train_identity_code_command(
         config = _with_settings(chosen, setting)
         engine = ProtectionEngine(chosen, optimisation=config)
         cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
-        if cache.exists():
-            faces = TrainingFaces(**torch.load(cache, map_location="cpu"))
-        else:
-            faces = prepare_training_faces(engine, training_photos(data, limit))
-            save_checkpoint(vars(faces), cache)
+        faces = cached_training_faces(engine, training_photos(data, limit), cache)
         trainer = CodeNetworkTrainer(engine, faces, CodeNetworkTraining(steps=steps, seed=seed))
         network = trainer.run(checkpoint)
         weights_name = name or f"{chosen.generator}-identity-code-network"

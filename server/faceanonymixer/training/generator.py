@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +38,8 @@ from faceanonymixer.faces.imageio import write_png_atomic
 from faceanonymixer.models.dcgan import IMAGE_SIZE, Z_DIM, DigiFaceDCGAN
 from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.latent_encoder import LatentEncoder
-from faceanonymixer.training.checkpoints import save_checkpoint
+from faceanonymixer.training.checkpoints import cached_for_photos, photo_names, save_checkpoint
 from faceanonymixer.training.encoder import TrainingFaces, aligned_training_faces
-from faceanonymixer.utils.errors import FaceAnonyMixerError
 from faceanonymixer.utils.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -229,26 +229,16 @@ def _resumable(settings: dict[str, object]) -> dict[str, object]:
     return {name: value for name, value in settings.items() if name not in ("steps", "checkpoint_every")}
 
 
-def photo_names(photos: Sequence[Path]) -> list[str]:
-    """Each photo as ``<set>/<identity>/<image>``: which data set it came from, without the
-    machine's own folders (training records and caches name photos so)."""
-    return [Path(*path.parts[-3:]).as_posix() for path in photos]
-
-
 def cached_training_faces(photos: Sequence[Path], generator: Generator, cache: Path) -> TrainingFaces:
-    """Aligned crops of ``photos`` (those that align), cached in ``cache``: the alignment takes
-    minutes and every continued run needs the same crops."""
-    names = photo_names(photos)
-    if cache.exists():
-        payload = torch.load(cache, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("selected") != names:
-            raise FaceAnonyMixerError(f"{cache} holds other training faces; delete it to align again")
-        by_name = dict(zip(names, photos, strict=True))
-        return TrainingFaces(payload["pixels"], [by_name[name] for name in payload["photos"]])
-    faces = aligned_training_faces(photos, generator)
-    payload = {"pixels": faces.pixels, "photos": photo_names(faces.paths), "selected": names}
-    save_checkpoint(payload, cache)
-    return faces
+    """Aligned crops of ``photos`` (those that align), cached in ``cache``."""
+
+    def aligned() -> dict[str, Any]:
+        faces = aligned_training_faces(photos, generator)
+        return {"pixels": faces.pixels, "photos": photo_names(faces.paths)}
+
+    payload = cached_for_photos(cache, photos, aligned)
+    by_name = dict(zip(photo_names(photos), photos, strict=True))
+    return TrainingFaces(payload["pixels"], [by_name[name] for name in payload["photos"]])
 
 
 def write_training_record(

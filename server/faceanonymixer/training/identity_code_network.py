@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from faceanonymixer.engine.protection import ProtectionEngine, view_transforms
 from faceanonymixer.engine.protection_key import KEY_BYTES, ProtectionKey
 from faceanonymixer.models.generator_base import LatentRole
 from faceanonymixer.models.identity_code import IdentityCodeMap, IdentityCodeNetwork
-from faceanonymixer.training.checkpoints import save_checkpoint
+from faceanonymixer.training.checkpoints import cached_for_photos, save_checkpoint
 from faceanonymixer.training.identity_code import prepared_training_faces
 from faceanonymixer.utils.errors import FaceAnonyMixerError
 
@@ -72,6 +72,12 @@ class TrainingFaces:
 
     def __len__(self) -> int:
         return len(self.chips)
+
+
+def cached_training_faces(engine: ProtectionEngine, photos: Sequence[Path], cache: Path) -> TrainingFaces:
+    """:func:`prepare_training_faces` of ``photos``, cached in ``cache``."""
+    payload = cached_for_photos(cache, photos, lambda: vars(prepare_training_faces(engine, photos)))
+    return TrainingFaces(**{field.name: payload[field.name] for field in fields(TrainingFaces)})
 
 
 def prepare_training_faces(engine: ProtectionEngine, photos: Sequence[Path]) -> TrainingFaces:
