@@ -155,6 +155,14 @@ def train_generator_command(
     out_dir: Annotated[
         Path | None, typer.Option(help="Where the weights go (default: the committed weights).")
     ] = None,
+    identity_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of the identity term: each reconstruction, pasted into its photo's chip, "
+            "must read as the photo in the embedded profile's loss recognizer (0: pixels alone).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Fine-tune a DCGAN and its encoder on real faces (CPU, deterministic for a seed).
 
@@ -170,6 +178,8 @@ def train_generator_command(
         from faceanonymixer.models.weights import WEIGHTS_DIR, weights_entry
         from faceanonymixer.training.generator import (
             GeneratorTraining,
+            IdentityTerm,
+            cached_identity_faces,
             cached_training_faces,
             train_generator,
             write_training_record,
@@ -188,12 +198,28 @@ def train_generator_command(
                 f"--start-from is digiface-dcgan or {LFW_GENERATOR_WEIGHTS_NAME}, not {start_from!r}",
                 field="start_from",
             )
-        cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
+        config = GeneratorTraining(steps=steps, seed=seed, identity_weight=identity_weight)
         photos = training_photos(data, max_real_photos)
-        faces = cached_training_faces(photos, DCGANGenerator(generator), cache)
-        config = GeneratorTraining(steps=steps, seed=seed)
+        identity = None
+        if identity_weight:
+            from faceanonymixer.engine.protection import ProtectionEngine
+
+            engine = ProtectionEngine("embedded", device="cpu")
+            prepared = cached_identity_faces(
+                engine, photos, checkpoint.with_name(f"{checkpoint.name}.identity-faces.pt")
+            )
+            faces, identity = prepared.crops(), IdentityTerm(engine, prepared)
+        else:
+            cache = checkpoint.with_name(f"{checkpoint.name}.faces.pt")
+            faces = cached_training_faces(photos, DCGANGenerator(generator), cache)
         state = train_generator(
-            generator, encoder, faces.pixels, config=config, checkpoint=checkpoint, stop_at=stop_at
+            generator,
+            encoder,
+            faces.pixels,
+            config=config,
+            checkpoint=checkpoint,
+            stop_at=stop_at,
+            identity=identity,
         )
         if state.step < config.steps:
             typer.echo(f"stopped at step {state.step} of {config.steps}; run again to continue")

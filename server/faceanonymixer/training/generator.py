@@ -15,6 +15,12 @@ real photos invertible into the new latent space. Three networks, every step:
 * encoder E (from the committed embedded encoder): the pixel loss of reconstructions of real
   crops and the regression of the code of samples (E(G(z)) ~ z).
 
+With ``identity_weight`` > 0, G and E also learn to render each real crop's *identity*
+(:class:`IdentityTerm`): its reconstruction, pasted into the photo's recognizer chip as the
+protection loop pastes a generated face and jittered, must read as the photo in the frozen loss
+recognizer. Pixels alone let the reconstructions of different people merge, most for those least
+like the training faces (docs/decisions/2026-12-07-where-shared-key-faces-become-alike.md).
+
 The landmark template stays valid by construction: the real crops are cut onto it. Deterministic
 for a seed (CPU, fixed thread count), resumable from its checkpoint (every network, optimiser and
 the sampler), with a progress bar of the losses.
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +40,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from faceanonymixer.engine.protection import ProtectionEngine
 from faceanonymixer.faces.imageio import write_png_atomic
 from faceanonymixer.models.dcgan import IMAGE_SIZE, Z_DIM, DigiFaceDCGAN
 from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.latent_encoder import LatentEncoder
 from faceanonymixer.training.checkpoints import cached_for_photos, photo_names, save_checkpoint
 from faceanonymixer.training.encoder import TrainingFaces, aligned_training_faces
+from faceanonymixer.training.identity_code import prepared_training_faces
+from faceanonymixer.training.identity_code_network import RESCALED_SIDES, jittered
 from faceanonymixer.utils.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -59,8 +68,17 @@ class GeneratorTraining:
     #: R1 penalty on real crops, applied every ``r1_every`` steps (scaled to match)
     r1_gamma: float = 1.0
     r1_every: int = 8
+    #: weight of the loss recognizer's distance from each reconstructed real crop to its photo
+    #: (:class:`IdentityTerm`); 0 trains on pixels alone, as the committed generator was
+    identity_weight: float = 0.0
+    #: how many of each batch's real crops the identity term reads (the recognizer is the cost)
+    identity_batch: int = 8
     seed: int = 0
     checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.identity_weight < 0 or self.identity_batch < 1:
+            raise ValueError("identity_weight must be 0 or more and identity_batch positive")
 
 
 class Critic(nn.Module):
@@ -80,6 +98,79 @@ class Critic(nn.Module):
         return self.main(image).flatten()
 
 
+@dataclass(frozen=True)
+class IdentityFaces:
+    """Real training faces as the protection engine prepares them: what the identity term needs
+    beside each generator crop."""
+
+    #: (N, 3, S, S) generator crops in [-1, 1]
+    pixels: torch.Tensor
+    #: (N, C, C, 3) uint8 recognizer chips of the same photos
+    chips: torch.Tensor
+    #: (N, C, C, 2) float16 chip-to-crop grids (``PreparedFace.grid``)
+    grids: torch.Tensor
+    #: (N, dim) the photos' own identities (``ProtectionEngine.original_embeddings``)
+    originals: torch.Tensor
+    #: the photo each face was cut from (photos without exactly one face are left out)
+    paths: list[Path]
+
+    def crops(self) -> TrainingFaces:
+        return TrainingFaces(self.pixels, self.paths)
+
+
+def prepare_identity_faces(engine: ProtectionEngine, photos: Sequence[Path]) -> IdentityFaces:
+    """The engine's view of every photo with one face: crop, chip, grid and own identity."""
+    pixels, chips, grids, originals, used = [], [], [], [], []
+    with torch.no_grad():
+        for path, face, chip, crop in prepared_training_faces(engine, photos, "aligning and embedding faces"):
+            pixels.append(crop[0].cpu())
+            chips.append(torch.from_numpy(face.chip.image.copy()))
+            grids.append(face.grid.half())
+            originals.append(engine.original_embeddings(chip, engine.config)[0].cpu())
+            used.append(path)
+    return IdentityFaces(
+        torch.stack(pixels), torch.stack(chips), torch.stack(grids), torch.stack(originals), used
+    )
+
+
+def cached_identity_faces(engine: ProtectionEngine, photos: Sequence[Path], cache: Path) -> IdentityFaces:
+    """:func:`prepare_identity_faces` of ``photos``, cached in ``cache``."""
+
+    def prepared() -> dict[str, Any]:
+        faces = prepare_identity_faces(engine, photos)
+        return {**vars(faces), "paths": photo_names(faces.paths)}
+
+    payload = cached_for_photos(cache, photos, prepared)
+    by_name = dict(zip(photo_names(photos), photos, strict=True))
+    arrays = {field.name: payload[field.name] for field in fields(IdentityFaces) if field.name != "paths"}
+    return IdentityFaces(**arrays, paths=[by_name[name] for name in payload["paths"]])
+
+
+class IdentityTerm:
+    """The loss recognizer's distance from reconstructed real crops to their photos' identities,
+    seen as the protection loop sees a generated face: pasted into the photo's recognizer chip
+    with the engine's feathered mask (``ProtectionEngine.compositor``), then moved, rescaled and
+    recoloured at random (``jittered``, so that what is learnt is identity another recognizer
+    reads too, not one network's reading of exact pixels). The recognizer is frozen."""
+
+    def __init__(self, engine: ProtectionEngine, faces: IdentityFaces) -> None:
+        self.engine, self.faces = engine, faces
+        engine.recognizer.requires_grad_(False)
+
+    def distances(
+        self, reconstructions: torch.Tensor, picks: torch.Tensor, flipped: torch.Tensor
+    ) -> torch.Tensor:
+        """(N,) distances for reconstructions (N, 3, S, S) of the crops ``picks``, mirrored where
+        ``flipped`` (they are mirrored back onto their chips)."""
+        device = self.engine.device
+        faces = torch.where(flipped[:, None, None, None], reconstructions.flip(-1), reconstructions)
+        chips = self.faces.chips[picks].permute(0, 3, 1, 2).float().to(device)
+        composite = self.engine.compositor(chips, self.faces.grids[picks].float().to(device))
+        side = RESCALED_SIDES[int(torch.randint(len(RESCALED_SIDES), ()))]
+        embedded = self.engine.recognizer(jittered(composite(faces.to(device)), side)).float()
+        return (embedded - self.faces.originals[picks].to(device)).norm(dim=1).cpu()
+
+
 @dataclass
 class GeneratorTrainingState:
     generator: DigiFaceDCGAN
@@ -96,14 +187,18 @@ def train_generator(
     config: GeneratorTraining = GeneratorTraining(),
     checkpoint: Path | None = None,
     stop_at: int | None = None,
+    identity: IdentityTerm | None = None,
 ) -> GeneratorTrainingState:
     """Fine-tune ``generator`` and ``encoder`` (in place) on ``real_faces`` (N, 3, 64, 64) in
     [-1, 1]; resume from ``checkpoint`` when it exists and save it every ``checkpoint_every`` steps.
-    ``stop_at`` ends this run early (a later run continues from the checkpoint)."""
+    ``stop_at`` ends this run early (a later run continues from the checkpoint). ``identity`` is
+    the identity term over the same faces, in the same order (needed when ``identity_weight`` > 0)."""
     if real_faces.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(
             f"real faces must be (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), not {tuple(real_faces.shape)}"
         )
+    if config.identity_weight and (identity is None or len(identity.faces.pixels) != len(real_faces)):
+        raise ValueError("identity_weight > 0 needs the identity term over the same real faces")
     torch.manual_seed(config.seed)
     critic = Critic()
     # batch norm on its running statistics throughout: eval mode, but every weight trains
@@ -123,7 +218,7 @@ def train_generator(
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     progress = tqdm(range(state.step, end), initial=state.step, total=config.steps, desc="train-generator")
     for step in progress:
-        losses = _train_step(state, optimisers, real_faces, sampler, config, step)
+        losses = _train_step(state, optimisers, real_faces, sampler, config, step, identity)
         progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})
         state.step = step + 1
         if checkpoint is not None and (state.step % config.checkpoint_every == 0 or state.step == end):
@@ -140,6 +235,7 @@ def _train_step(
     sampler: torch.Generator,
     config: GeneratorTraining,
     step: int,
+    identity: IdentityTerm | None = None,
 ) -> dict[str, float]:
     generator, encoder, critic = state.generator, state.encoder, state.critic
     size = config.batch_size
@@ -172,6 +268,12 @@ def _train_step(
     reconstruction = F.l1_loss(reconstructions, real)
     latent = F.mse_loss(encoder(samples.detach()).flatten(1), z)
     loss = adversarial + config.reconstruction_weight * reconstruction + config.latent_weight * latent
+    read = {}
+    if identity is not None and config.identity_weight:
+        count = min(config.identity_batch, size)
+        distance = identity.distances(reconstructions[:count], picks[:count], flips[:count]).mean()
+        loss = loss + config.identity_weight * distance
+        read["identity"] = distance.item()
     optimisers["generator"].zero_grad(set_to_none=True)
     optimisers["encoder"].zero_grad(set_to_none=True)
     loss.backward()
@@ -183,6 +285,7 @@ def _train_step(
         "adversarial": adversarial.item(),
         "pixel": reconstruction.item(),
         "latent": latent.item(),
+        **read,
     }
 
 
@@ -201,6 +304,8 @@ def _save_checkpoint(
         "critic": state.critic.state_dict(),
         "optimisers": {name: optimiser.state_dict() for name, optimiser in optimisers.items()},
         "sampler": sampler.get_state(),
+        # the identity term's jitter draws from torch's global generator
+        "torch_rng": torch.get_rng_state(),
     }
     save_checkpoint(payload, path)
 
@@ -221,6 +326,8 @@ def _load_checkpoint(
     for name, optimiser in optimisers.items():
         optimiser.load_state_dict(payload["optimisers"][name])
     sampler.set_state(payload["sampler"])
+    if "torch_rng" in payload:  # checkpoints written before the identity term have none
+        torch.set_rng_state(payload["torch_rng"])
     state.step = payload["step"]
 
 
