@@ -18,8 +18,10 @@ pastes a protected one:
 ``sample``          G(z) for a Gaussian z drawn per photo from ``--seed`` (how alike the
                     generator's own faces are: random pairs of faces should rarely match).
 
-Per judge and variant: impostor non-match (pairs of photos of different people) and genuine match
-(pairs of one person's photos), with their mean distances and the share of faces found, and the
+Per judge and variant: impostor non-match (pairs of photos of different people), genuine match
+(pairs of one person's photos) and own-photo match (each image against the photo it was made
+from: does the generator render *this* person, or only someone of their group?), with their mean
+distances and the share of faces found, and the
 impostor non-match within each labelled group (``--per-cell`` on ``utk_dev``: the evaluation's
 race x gender cells, the same people as ``faceanonymixer eval --per-cell``); FaceNet's
 threshold is taken at ``--fmr`` of the unprotected impostor pairs, as in ``judge_protection.py``
@@ -45,8 +47,14 @@ from PIL import Image
 from faceanonymixer.engine.protection import FEATHER, PreparedFace, ProtectionEngine
 from faceanonymixer.evaluation.harness import list_photos
 from faceanonymixer.evaluation.judges import load_judges
+from faceanonymixer.evaluation.metrics import rate_entry
 from faceanonymixer.evaluation.operating import operating_threshold, verification_rates
-from faceanonymixer.evaluation.pairs import faces_found, stack_embeddings
+from faceanonymixer.evaluation.pairs import (
+    faces_found,
+    pair_distances_between,
+    same_identity_pairs,
+    stack_embeddings,
+)
 from faceanonymixer.faces.alignment import paste_back
 from faceanonymixer.faces.imageio import RGBImage
 from faceanonymixer.models.dcgan import DCGANGenerator
@@ -104,9 +112,15 @@ def variant_images(
 
 
 def variant_measures(
-    labels: Sequence[str], embeddings: np.ndarray, threshold: float | None
+    labels: Sequence[str], embeddings: np.ndarray, photos: np.ndarray, threshold: float | None
 ) -> dict[str, Any]:
-    return {"found": faces_found(embeddings)["rate"], **verification_rates(labels, embeddings, threshold)}
+    """``embeddings`` of one variant's images; ``photos``: those of the photos they were made from."""
+    own, skipped = pair_distances_between(embeddings, photos, *same_identity_pairs(labels, diagonal="only"))
+    return {
+        "found": faces_found(embeddings)["rate"],
+        **verification_rates(labels, embeddings, threshold),
+        "own_photo_match": rate_entry(own, threshold, kind="match", skipped=skipped),
+    }
 
 
 def cell_rates(
@@ -174,16 +188,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         threshold = chosen_threshold.threshold
         report["judges"][judge_name] = {
             "threshold": threshold,
-            **{name: variant_measures(labels, embeddings[name], threshold) for name in VARIANTS},
+            **{
+                name: variant_measures(labels, embeddings[name], embeddings["unprotected"], threshold)
+                for name in VARIANTS
+            },
             "cells": cell_rates(labels, cells, embeddings, threshold),
         }
-        print(f"{judge_name} (threshold {threshold:.4f}): impostor non-match / genuine match / found")
+        print(
+            f"{judge_name} (threshold {threshold:.4f}): impostor non-match / genuine match / "
+            "own-photo match / found"
+        )
         for name in VARIANTS:
             measures = report["judges"][judge_name][name]
+            own = measures["own_photo_match"]
             print(
                 f"  {name:15s} {measures['impostor_nonmatch']['rate']:.3f} "
                 f"(mean {measures['impostor_nonmatch']['mean_distance']:.3f})  "
-                f"{_rate(measures['genuine_match']['rate'])}  {measures['found']:.2f}"
+                f"{_rate(measures['genuine_match']['rate'])}  "
+                f"{_rate(own['rate'])} (mean {own['mean_distance']:.3f})  {measures['found']:.2f}"
             )
         for cell, rates in report["judges"][judge_name]["cells"].items():
             print(f"  {cell:22s} " + "  ".join(f"{name} {_rate(rates[name])}" for name in VARIANTS))

@@ -21,7 +21,7 @@ def diversity() -> ModuleType:
 def test_rates_count_pairs_of_different_and_of_the_same_people(diversity: ModuleType) -> None:
     labels = ["a", "a", "b", "c"]
     embeddings = np.array([[0.0, 0.0], [0.5, 0.0], [0.3, 0.0], [3.0, 0.0]])
-    measures = diversity.variant_measures(labels, embeddings, 0.6)
+    measures = diversity.variant_measures(labels, embeddings, embeddings, 0.6)
     # impostor pairs: (a0, b) 0.3 matches, (a1, b) 0.2 matches, a0-c, a1-c, b-c do not
     assert measures["impostor_nonmatch"]["pairs"] == 5
     assert measures["impostor_nonmatch"]["rate"] == pytest.approx(3 / 5)
@@ -33,12 +33,24 @@ def test_rates_count_pairs_of_different_and_of_the_same_people(diversity: Module
 def test_a_face_not_found_leaves_its_pairs_out(diversity: ModuleType) -> None:
     labels = ["a", "a", "b"]
     embeddings = np.array([[0.0, 0.0], [np.nan, np.nan], [2.0, 0.0]])
-    measures = diversity.variant_measures(labels, embeddings, 0.6)
+    measures = diversity.variant_measures(labels, embeddings, embeddings, 0.6)
     assert measures["found"] == pytest.approx(2 / 3)
     assert measures["impostor_nonmatch"]["pairs"] == 1
     assert measures["impostor_nonmatch"]["skipped"] == 1
     assert measures["genuine_match"]["pairs"] == 0
     assert measures["genuine_match"]["rate"] is None
+
+
+def test_each_image_is_compared_with_the_photo_it_was_made_from(diversity: ModuleType) -> None:
+    labels = ["a", "a", "b"]
+    photos = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    # the first image is near its own photo, the second near the other photo of its person (not
+    # its own), the third has no face
+    images = np.array([[0.2, 0.0], [0.1, 0.0], [np.nan, np.nan]])
+    own = diversity.variant_measures(labels, images, photos, 0.6)["own_photo_match"]
+    assert own["pairs"] == 2 and own["skipped"] == 1
+    assert own["rate"] == pytest.approx(1 / 2)
+    assert own["mean_distance"] == pytest.approx((0.2 + 0.9) / 2)
 
 
 def test_cell_rates_count_pairs_inside_each_group_only(diversity: ModuleType) -> None:
