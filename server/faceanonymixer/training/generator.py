@@ -19,7 +19,10 @@ With ``identity_weight`` > 0, G and E also learn to render each real crop's *ide
 (:class:`IdentityTerm`): its reconstruction, pasted into the photo's recognizer chip as the
 protection loop pastes a generated face and jittered, must read as the photo in the frozen loss
 recognizer. Pixels alone let the reconstructions of different people merge, most for those least
-like the training faces (docs/decisions/2026-12-07-where-shared-key-faces-become-alike.md).
+like the training faces (docs/decisions/2026-12-07-where-shared-key-faces-become-alike.md). Through
+the DCGAN's 100-d code alone the term made them merge more, toward the typical face of each group;
+it is meant for a generator that takes the identity as an input
+(docs/decisions/2026-12-08-a-generator-that-renders-a-given-identity.md).
 
 The landmark template stays valid by construction: the real crops are cut onto it. Deterministic
 for a seed (CPU, fixed thread count), resumable from its checkpoint (every network, optimiser and
