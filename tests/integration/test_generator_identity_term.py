@@ -18,12 +18,11 @@ from faceanonymixer.models.dcgan import DigiFaceDCGAN
 from faceanonymixer.models.latent_encoder import LatentEncoder
 from faceanonymixer.training.generator import (
     GeneratorTraining,
-    IdentityFaces,
     IdentityTerm,
     cached_identity_faces,
-    prepare_identity_faces,
     train_generator,
 )
+from faceanonymixer.training.identity_code import IdentityFaces, prepare_identity_faces
 
 pytestmark = pytest.mark.usefixtures("one_thread", "weights")
 PHOTOS = ("rose_leslie/img1.jpg", "obama/obama.jpg", "rose_leslie/img2.jpg")

@@ -50,7 +50,7 @@ from faceanonymixer.models.generator_base import Generator
 from faceanonymixer.models.latent_encoder import LatentEncoder
 from faceanonymixer.training.checkpoints import cached_for_photos, photo_names, save_checkpoint
 from faceanonymixer.training.encoder import TrainingFaces, aligned_training_faces
-from faceanonymixer.training.identity_code import prepared_training_faces
+from faceanonymixer.training.identity_code import IdentityFaces, prepare_identity_faces
 from faceanonymixer.training.identity_code_network import RESCALED_SIDES, jittered
 from faceanonymixer.utils.files import write_atomic
 
@@ -99,41 +99,6 @@ class Critic(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.main(image).flatten()
-
-
-@dataclass(frozen=True)
-class IdentityFaces:
-    """Real training faces as the protection engine prepares them: what the identity term needs
-    beside each generator crop."""
-
-    #: (N, 3, S, S) generator crops in [-1, 1]
-    pixels: torch.Tensor
-    #: (N, C, C, 3) uint8 recognizer chips of the same photos
-    chips: torch.Tensor
-    #: (N, C, C, 2) float16 chip-to-crop grids (``PreparedFace.grid``)
-    grids: torch.Tensor
-    #: (N, dim) the photos' own identities (``ProtectionEngine.original_embeddings``)
-    originals: torch.Tensor
-    #: the photo each face was cut from (photos without exactly one face are left out)
-    paths: list[Path]
-
-    def crops(self) -> TrainingFaces:
-        return TrainingFaces(self.pixels, self.paths)
-
-
-def prepare_identity_faces(engine: ProtectionEngine, photos: Sequence[Path]) -> IdentityFaces:
-    """The engine's view of every photo with one face: crop, chip, grid and own identity."""
-    pixels, chips, grids, originals, used = [], [], [], [], []
-    with torch.no_grad():
-        for path, face, chip, crop in prepared_training_faces(engine, photos, "aligning and embedding faces"):
-            pixels.append(crop[0].cpu())
-            chips.append(torch.from_numpy(face.chip.image.copy()))
-            grids.append(face.grid.half())
-            originals.append(engine.original_embeddings(chip, engine.config)[0].cpu())
-            used.append(path)
-    return IdentityFaces(
-        torch.stack(pixels), torch.stack(chips), torch.stack(grids), torch.stack(originals), used
-    )
 
 
 def cached_identity_faces(engine: ProtectionEngine, photos: Sequence[Path], cache: Path) -> IdentityFaces:

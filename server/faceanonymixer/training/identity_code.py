@@ -4,6 +4,7 @@ generator encoder's codes of real photos on their centred embeddings."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from faceanonymixer.engine.protection import PreparedFace, ProtectionEngine
 from faceanonymixer.faces.embedding import chips_to_tensor
 from faceanonymixer.models.identity_code import IdentityCodeMap
 from faceanonymixer.models.inverters import MappedCodeInverter
+from faceanonymixer.training.encoder import TrainingFaces
 from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 
@@ -50,6 +52,44 @@ def prepared_training_faces(
         yield path, face, chip, crop
     if not found:
         raise FaceAnonyMixerError("no face could be aligned in the training photos")
+
+
+@dataclass(frozen=True)
+class IdentityFaces:
+    """Real training faces as the protection engine prepares them: each generator crop with its
+    recognizer chip, the map between the two and the photo's own identity."""
+
+    #: (N, 3, S, S) generator crops in [-1, 1]
+    pixels: torch.Tensor
+    #: (N, C, C, 3) uint8 recognizer chips of the same photos
+    chips: torch.Tensor
+    #: (N, C, C, 2) float16 chip-to-crop grids (``PreparedFace.grid``)
+    grids: torch.Tensor
+    #: (N, dim) the photos' own identities (``ProtectionEngine.original_embeddings``)
+    originals: torch.Tensor
+    #: the photo each face was cut from (photos without exactly one face are left out)
+    paths: list[Path]
+
+    def crops(self) -> TrainingFaces:
+        return TrainingFaces(self.pixels, self.paths)
+
+
+def prepare_identity_faces(
+    engine: ProtectionEngine, photos: Sequence[Path], description: str = "aligning and embedding faces"
+) -> IdentityFaces:
+    """The engine's view of every photo with one face: crop, chip, grid and own identity (the
+    generator's identity term and the identity-code network train on it)."""
+    pixels, chips, grids, originals, used = [], [], [], [], []
+    with torch.no_grad():
+        for path, face, chip, crop in prepared_training_faces(engine, photos, description):
+            pixels.append(crop[0].cpu())
+            chips.append(torch.from_numpy(face.chip.image.copy()))
+            grids.append(face.grid.half())
+            originals.append(engine.original_embeddings(chip, engine.config)[0].cpu())
+            used.append(path)
+    return IdentityFaces(
+        torch.stack(pixels), torch.stack(chips), torch.stack(grids), torch.stack(originals), used
+    )
 
 
 def measure_code_pairs(

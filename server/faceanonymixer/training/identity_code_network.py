@@ -30,7 +30,7 @@ from faceanonymixer.engine.protection_key import KEY_BYTES, ProtectionKey
 from faceanonymixer.models.generator_base import LatentRole
 from faceanonymixer.models.identity_code import IdentityCodeMap, IdentityCodeNetwork
 from faceanonymixer.training.checkpoints import cached_for_photos, save_checkpoint
-from faceanonymixer.training.identity_code import prepared_training_faces
+from faceanonymixer.training.identity_code import prepare_identity_faces
 from faceanonymixer.utils.errors import FaceAnonyMixerError
 
 
@@ -82,15 +82,10 @@ def cached_training_faces(engine: ProtectionEngine, photos: Sequence[Path], cach
 
 def prepare_training_faces(engine: ProtectionEngine, photos: Sequence[Path]) -> TrainingFaces:
     """The engine's view of every photo with one face; photos without one are skipped."""
-    chips, grids, originals, reals = [], [], [], []
-    described = "aligning, embedding and encoding faces"
+    faces = prepare_identity_faces(engine, photos, "aligning, embedding and encoding faces")
     with torch.no_grad():
-        for _, face, chip, crop in prepared_training_faces(engine, photos, described):
-            originals.append(engine.original_embeddings(chip, engine.config)[0].cpu())
-            reals.append(engine.passes.invert(crop)[0].cpu())
-            chips.append(torch.from_numpy(face.chip.image.copy()))
-            grids.append(face.grid.half())
-    return TrainingFaces(torch.stack(chips), torch.stack(grids), torch.stack(originals), torch.stack(reals))
+        reals = [engine.passes.invert(crop[None].to(engine.device))[0].cpu() for crop in faces.pixels]
+    return TrainingFaces(faces.chips, faces.grids, faces.originals, torch.stack(reals))
 
 
 class CodeNetworkTrainer:
